@@ -1,0 +1,3 @@
+from influence_job.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""The capture stage: one forward and one backward pass per micro-batch, hooks on the selected modules.
+
+For each selected module and each captured position t the hooks record the projected factors
+v_t = P_in x_t (forward) and u_t = P_out δ_t (backward), never a per-token D-vector. The exact
+projected gradient of response r is G_r = Σ_{t∈r} u_t v_tᵀ (float64), one batched product per
+micro-batch. Rows of U and V are stored response by response in input order, positions in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from influence_job.data import Dataset, micro_batches
+from influence_job.errors import InputError
+from influence_job.model import layer_index, module_kind
+from influence_job.projection import Dims, projected_dims, projection_matrices
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModuleFactors:
+    """Everything the later stages need about one module, in float64 (G) or factor dtype (U, V)."""
+
+    name: str
+    kind: str
+    layer: int | None
+    dims: Dims
+    G: torch.Tensor  # (N, k_out*k_in) float64: vec(Σ_t u_t v_tᵀ), row-major over (k_out, k_in)
+    U: torch.Tensor  # (T, k_out) per-position output-gradient factors
+    V: torch.Tensor  # (T, k_in) per-position input factors
+
+
+@dataclass
+class Capture:
+    modules: list[ModuleFactors]
+    row_offsets: np.ndarray  # (N+1,): rows of response r are [row_offsets[r], row_offsets[r+1])
+    row_token: torch.Tensor  # (T,) index of the response token this position predicts, or -1
+    entropy: list[np.ndarray]  # per response: policy entropy at each response token's position
+    log_prob: np.ndarray  # (N,) L_r
+    n_positions: int  # real (unpadded) positions processed
+    unprojected_name: str | None = None
+    unprojected: torch.Tensor | None = None  # (N, d_out*d_in) float64 exact gradients of one module
+    seconds_per_batch: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Batch:
+    index: list[int]  # response indices (input order) in this micro-batch
+    input_ids: torch.Tensor
+    attention: torch.Tensor
+    keep: torch.Tensor  # positions summed into the response gradient
+    predict: torch.Tensor  # positions whose logits predict a response token
+    weight: torch.Tensor  # objective weight per sequence: 1 or A_r
+
+
+def _make_batch(ds: Dataset, index: list[int], positions: str, objective: str, device) -> _Batch:
+    seqs = [ds.responses[i].prompt_ids + ds.responses[i].response_ids for i in index]
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    attention = torch.zeros(len(seqs), width, dtype=torch.long)
+    predict = torch.zeros(len(seqs), width, dtype=torch.bool)
+    for b, (i, s) in enumerate(zip(index, seqs, strict=True)):
+        ids[b, : len(s)] = torch.tensor(s)
+        attention[b, : len(s)] = 1
+        p = len(ds.responses[i].prompt_ids)
+        predict[b, p - 1 : len(s) - 1] = True
+    keep = attention.bool() if positions == "all" else predict
+    weight = torch.tensor(
+        [ds.responses[i].advantage if objective == "advantage_log_prob" else 1.0 for i in index],
+        dtype=torch.float64,
+    )
+    return _Batch(index, ids.to(device), attention.to(device), keep.to(device), predict.to(device), weight.to(device))
+
+
+class _Hooks:
+    """Forward/backward hooks that turn activations and output gradients into u, v factors."""
+
+    def __init__(self, selected, patterns, proj_cfg, n, dtype, factor_dtype, device, unprojected_name):
+        self.factor_dtype = factor_dtype
+        self.unprojected_name = unprojected_name
+        self.entries = []
+        self.handles = []
+        for name, mod in selected:
+            dims = projected_dims(mod.in_features, mod.out_features, proj_cfg)
+            mats = projection_matrices(name, dims, proj_cfg)
+            if mats is not None:
+                mats = tuple(m.to(device=device, dtype=dtype) for m in mats)
+            entry = dict(
+                name=name, kind=module_kind(name, patterns), dims=dims, proj=mats,
+                G=torch.zeros(n, dims.k_out * dims.k_in, dtype=torch.float64, device=device),
+                U=[], V=[], raw=None,
+            )
+            if name == unprojected_name:
+                entry["raw"] = torch.zeros(n, mod.out_features * mod.in_features, dtype=torch.float64, device=device)
+            self.entries.append(entry)
+            self.handles.append(mod.register_forward_hook(self._forward(entry)))
+        self.batch: _Batch | None = None
+
+    def _forward(self, entry):
+        def hook(_mod, inputs, output):
+            x = inputs[0].detach()
+            v = x if entry["proj"] is None else x @ entry["proj"][0].T
+            output.register_hook(self._backward(entry, x, v))
+
+        return hook
+
+    def _backward(self, entry, x, v):
+        def hook(grad):
+            b = self.batch
+            u = grad if entry["proj"] is None else grad @ entry["proj"][1].T
+            keep = b.keep.unsqueeze(-1)
+            per_seq = torch.einsum("bso,bsi->boi", (u * keep).double(), v.double())
+            entry["G"][b.index] = per_seq.reshape(len(b.index), -1)
+            entry["U"].append(u[b.keep].to(self.factor_dtype))
+            entry["V"].append(v[b.keep].to(self.factor_dtype))
+            if entry["raw"] is not None:
+                full = torch.einsum("bso,bsi->boi", (grad * keep).double(), x.double())
+                entry["raw"][b.index] = full.reshape(len(b.index), -1)
+
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _token_log_probs(logits: torch.Tensor, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π of each next token at every position, and the policy entropy there (no grad)."""
+    logp = torch.log_softmax(logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    target = logp.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1)
+    return target, entropy
+
+
+def capture(
+    model: nn.Module,
+    selected: list[tuple[str, nn.Linear]],
+    ds: Dataset,
+    cfg,
+    device: torch.device,
+    unprojected_name: str | None = None,
+    progress=None,
+) -> Capture:
+    """Run every micro-batch forward and backward once and return the per-module factors."""
+    dtype = next(model.parameters()).dtype
+    factor_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}[
+        cfg.compute.factor_dtype
+    ]
+    if dtype == torch.float64:
+        factor_dtype = torch.float64  # an exact float64 run keeps exact factors
+    n = ds.n
+    hooks = _Hooks(selected, cfg.modules, cfg.projection, n, dtype, factor_dtype, device, unprojected_name)
+    embed = model.get_input_embeddings()
+    row_resp, row_token = [], []
+    entropy: list[np.ndarray] = [np.empty(0)] * n
+    log_prob = np.zeros(n)
+    n_positions = 0
+    batches = micro_batches([r.length for r in ds.responses], cfg.compute.micro_batch_tokens)
+    seconds = []
+    try:
+        for k, index in enumerate(batches):
+            t0 = time.perf_counter()
+            b = _make_batch(ds, index, cfg.positions, cfg.objective, device)
+            hooks.batch = b
+            embeds = embed(b.input_ids).detach().requires_grad_(True)
+            logits = model(inputs_embeds=embeds, attention_mask=b.attention, use_cache=False).logits
+            target, ent = _token_log_probs(logits, b)
+            pred = b.predict[:, :-1]
+            per_seq = (target * pred).sum(-1)
+            if not torch.isfinite(per_seq).all():
+                bad = [ds.responses[index[i]].response_id for i in torch.nonzero(~torch.isfinite(per_seq)).flatten()]
+                raise InputError(_nonfinite_message(f"log-probabilities of responses {bad[:5]}"))
+            (per_seq.double() * b.weight).sum().backward()
+            for j, i in enumerate(index):
+                p = len(ds.responses[i].prompt_ids)
+                kept = torch.nonzero(b.keep[j]).flatten()
+                row_resp.append(torch.full((len(kept),), i, dtype=torch.long))
+                row_token.append((kept - (p - 1)).where(b.predict[j, kept], -1).cpu())
+                entropy[i] = ent[j, pred[j]].double().cpu().numpy()
+                log_prob[i] = float(per_seq[j].detach())
+            n_positions += int(b.attention.sum())
+            seconds.append(time.perf_counter() - t0)
+            if progress:
+                progress(k + 1, len(batches))
+    finally:
+        hooks.remove()
+    rows = torch.cat(row_resp)
+    order = torch.argsort(rows, stable=True)
+    counts = torch.bincount(rows, minlength=n).numpy()
+    modules = []
+    for e in hooks.entries:
+        U = torch.cat(e["U"])[order.to(device)]
+        V = torch.cat(e["V"])[order.to(device)]
+        e["U"], e["V"] = [], []  # free the per-batch pieces before the next module's copy
+        if not torch.isfinite(e["G"]).all():
+            bad = torch.nonzero(~torch.isfinite(e["G"]).all(-1)).flatten().tolist()
+            raise InputError(
+                _nonfinite_message(f"gradients of module {e['name']} for responses "
+                                   f"{[ds.responses[i].response_id for i in bad[:5]]}")
+            )
+        modules.append(ModuleFactors(e["name"], e["kind"], layer_index(e["name"]), e["dims"], e["G"], U, V))
+    raw = next((e["raw"] for e in hooks.entries if e["raw"] is not None), None)
+    return Capture(
+        modules=modules,
+        row_offsets=np.concatenate([[0], np.cumsum(counts)]),
+        row_token=torch.cat(row_token)[order],
+        entropy=entropy,
+        log_prob=log_prob,
+        n_positions=n_positions,
+        unprojected_name=unprojected_name if raw is not None else None,
+        unprojected=raw,
+        seconds_per_batch=seconds,
+    )
+
+
+def _nonfinite_message(what: str) -> str:
+    return (
+        f"non-finite values (NaN or Inf) in the {what}. The model produces them on this input: check the "
+        "checkpoint's weights for NaN/Inf, and use model.dtype: float32 if a half-precision run overflows."
+    )

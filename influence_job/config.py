@@ -1,0 +1,271 @@
+"""The job's configuration: a pydantic model loaded from YAML, with command-line overrides.
+
+Every field carries its documentation (``influence-job config --explain`` prints it) and every invalid
+value is rejected with a message naming the field and the fix. The defaults reproduce the original
+diagnostic: factor-32 Rademacher projection with no cap, all seven linear module kinds, token-level
+curvature in global scope with automatic damping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from influence_job.errors import InputError
+
+MODULE_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+BUILTIN_MODELS = ("tiny-qwen2", "qwen2.5-1.5b-random")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    builtin: Literal["tiny-qwen2", "qwen2.5-1.5b-random"] | None = Field(
+        None,
+        description="A model built in code with seeded random weights: 'tiny-qwen2' (the default run and "
+        "tests) or 'qwen2.5-1.5b-random' (Qwen2.5-1.5B's shape, for benchmarks). Exclusive with 'path'.",
+    )
+    path: Path | None = Field(
+        None, description="A local Hugging Face causal-LM directory (config.json, weights, tokenizer)."
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field(
+        "float32", description="Dtype the model runs its forward and backward passes in."
+    )
+    attn_implementation: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="Attention kernel passed to transformers."
+    )
+    seed: int = Field(0, description="Seed of the built-in models' random weights.")
+    on_overflow: Literal["error", "truncate"] = Field(
+        "error",
+        description="What to do with a prompt+response longer than the model's context: 'error' stops "
+        "with a message naming the response; 'truncate' cuts the response's tail and warns.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if self.builtin is None and self.path is None:
+            raise ValueError("set either model.builtin (e.g. tiny-qwen2) or model.path (a local directory)")
+        if self.builtin is not None and self.path is not None:
+            raise ValueError("model.builtin and model.path are exclusive: keep one of them")
+        return self
+
+
+class DataConfig(_Section):
+    path: Path | None = Field(
+        None,
+        description="JSON Lines file, one prompt group per line (see README). Empty: the bundled example "
+        "(8 math prompts, 32 rewarded responses).",
+    )
+    accept_threshold: float = Field(
+        0.0, description="A response is accepted when reward > accept_threshold, unless it says 'accepted'."
+    )
+
+
+class ProjectionConfig(_Section):
+    kind: Literal["rademacher", "none"] = Field(
+        "rademacher",
+        description="'rademacher': two-sided random ±1/sqrt(k) projection; 'none': identity (exact, "
+        "D = d_in*d_out, for small models only).",
+    )
+    factor: int = Field(32, ge=1, description="k_in = max(1, d_in // factor), k_out = max(1, d_out // factor).")
+    max_hessian_dim: int = Field(
+        -1, description="Cap on D = k_in*k_out (both sides shrunk in proportion); -1 means no cap."
+    )
+    seed: int = Field(0, description="Global seed; each module's matrices derive from it and its name.")
+
+    @field_validator("max_hessian_dim")
+    @classmethod
+    def _cap(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError("must be -1 (no cap) or a positive dimension")
+        return v
+
+
+class CurvatureConfig(_Section):
+    source: Literal["token", "response"] = Field(
+        "token",
+        description="'token': H = sum_t g_t g_t^T + λI over token positions (the default diagnostic); "
+        "'response': H = G^T G + λI over response gradients (cheap).",
+    )
+    scope: Literal["global", "per_prompt"] = Field(
+        "global",
+        description="'global': one H per module from all responses; 'per_prompt': one H per prompt, "
+        "HINV_ij = (g_i^T H_p(i)^-1 g_j + g_i^T H_p(j)^-1 g_j) / 2.",
+    )
+    damping: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
+        "auto", description="'auto': λ = 0.1 * tr(H - λI) / D (0.1 × mean eigenvalue); or a positive number."
+    )
+    solver: Literal["auto", "kernel", "dense"] = Field(
+        "auto",
+        description="'kernel': N×N / T×T identities, no D×D matrix; 'dense': D×D Cholesky; 'auto': the "
+        "cheaper exact route per module by a flop estimate.",
+    )
+
+
+class InfluenceConfig(_Section):
+    enabled: bool = Field(True, description="Emit the token influence rows (one per response).")
+    aggregate: Literal["sum", "mean", "advantage"] = Field(
+        "sum",
+        description="'sum' of accepted minus sum of rejected; 'mean' divides each side by its count; "
+        "'advantage' weights each response by |A_r|.",
+    )
+    exclude_self: bool = Field(False, description="Drop the response's own term from its tokens' scores.")
+
+
+class DiagnosticsConfig(_Section):
+    unprojected_module: str | None = Field(
+        "auto",
+        description="Module for the exact unprojected comparison: 'auto' is the middle layer's k_proj "
+        "(or first selected kind); a qualified module name; null disables it.",
+    )
+    curvature_similarity: bool = Field(
+        True, description="Cosine between per-prompt curvatures and their spectra, per module kind."
+    )
+    curvature_similarity_layers: Literal["middle", "all"] = Field(
+        "middle", description="Which layers' modules the curvature similarity uses."
+    )
+
+
+class ComputeConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
+    micro_batch_tokens: int = Field(
+        8192, ge=1, description="Token budget of one micro-batch (sequences × padded length)."
+    )
+    factor_dtype: Literal["float32", "bfloat16", "float64"] = Field(
+        "float32", description="Storage dtype of the per-position factors u, v (all modules, all positions)."
+    )
+    gram_dtype: Literal["float64", "float32", "tf32"] = Field(
+        "float64", description="Dtype of dense token Gram products G_tok^T G_tok (factorisation is float64)."
+    )
+    token_chunk: int = Field(4096, ge=1, description="Token rows per chunk when building dense Grams.")
+
+
+class ValidationConfig(_Section):
+    fidelity_sigma: float = Field(
+        3.0,
+        gt=0,
+        description="The projection-fidelity check passes when the projected self-dot mean is within this "
+        "many standard deviations (of a Rademacher sketch of that size) of the unprojected one.",
+    )
+
+
+class OutputConfig(_Section):
+    dir: Path = Field(Path("influence-output"), description="Directory the run writes (replaced atomically).")
+
+
+class JobConfig(_Section):
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(builtin="tiny-qwen2"))
+    data: DataConfig = Field(default_factory=DataConfig)
+    objective: Literal["log_prob", "advantage_log_prob"] = Field(
+        "log_prob", description="L_r = Σ_t log π(y_t | prompt, y_<t), or A_r · L_r with the group advantage."
+    )
+    modules: list[str] = Field(
+        default_factory=lambda: list(MODULE_KINDS),
+        min_length=1,
+        description="A linear module is selected when its qualified name contains one of these strings.",
+    )
+    positions: Literal["all", "response"] = Field(
+        "all",
+        description="Positions summed into a response gradient: 'all' (prompt included, exact), or "
+        "'response' (the positions that predict response tokens, as the original system did).",
+    )
+    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
+    curvature: CurvatureConfig = Field(default_factory=CurvatureConfig)
+    influence: InfluenceConfig = Field(default_factory=InfluenceConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check its spelling against `influence-job config --explain`"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"  - {field}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value``; the value is read as YAML so numbers, booleans and lists keep their type."""
+    if "=" not in text:
+        raise InputError(f"override {text!r} is not KEY=VALUE; write e.g. --set projection.factor=16")
+    key, _, raw = text.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise InputError(f"override {text!r} has an empty key; write e.g. --set curvature.source=response")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise InputError(f"override {text!r}: the value is not valid YAML ({exc})") from None
+    return path, value
+
+
+def _apply_override(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Load YAML (or the built-in default when ``path`` is None), apply ``--set`` overrides, validate."""
+    data: dict = {}
+    origin = "built-in default"
+    if path is not None:
+        origin = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise InputError(
+                f"cannot read configuration {path}: {exc.strerror}. Pass an existing YAML file to --config."
+            ) from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InputError(f"configuration {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise InputError(f"configuration {path} must be a YAML mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _apply_override(data, key, value)
+        origin += f" + --set {text}"
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_format_errors(exc, origin)) from None
+
+
+def dump_config(cfg: JobConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def explain(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[str]:
+    """Every field with its default and documentation, one line each, for `config --explain`."""
+    lines = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines.extend(explain(ann, key + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        lines.append(f"{key} (default {default!r}): {field.description or ''}")
+    return lines

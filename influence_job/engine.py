@@ -1,0 +1,122 @@
+"""Curvature + solve, one module at a time: RAW and HINV contributions and token-influence scores.
+
+A module's working set (its rows, one factorisation, N×N products) is all that is alive at once; the
+caller adds the N×N contributions into float64 accumulators and may drop the module's factors.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from influence_job.capture import Capture, ModuleFactors
+from influence_job.curvature import ResponseRows, TokenRows, factor
+from influence_job.influence import contrast_coefficients, token_scores
+
+
+@dataclass
+class Layout:
+    """Where each response, prompt and response token lives, shared by all modules."""
+
+    prompt_bounds: list[tuple[int, int]]  # responses of prompt p are [start, stop)
+    row_offsets: torch.Tensor  # (N+1,) token rows of response r
+    token_rows: torch.Tensor  # indices of the rows that are response tokens, response by response
+    token_offsets: np.ndarray  # (N+1,) response r's tokens are token_rows[token_offsets[r]:token_offsets[r+1]]
+    accepted: np.ndarray
+    advantage: np.ndarray
+
+
+def make_layout(cap: Capture, prompt_index: np.ndarray, accepted: np.ndarray, advantage: np.ndarray) -> Layout:
+    bounds = []
+    for p in range(int(prompt_index.max()) + 1):
+        idx = np.flatnonzero(prompt_index == p)
+        bounds.append((int(idx[0]), int(idx[-1]) + 1))
+    token_rows = torch.nonzero(cap.row_token >= 0).flatten()
+    counts = np.array([len(e) for e in cap.entropy])
+    return Layout(
+        prompt_bounds=bounds,
+        row_offsets=torch.as_tensor(cap.row_offsets),
+        token_rows=token_rows,
+        token_offsets=np.concatenate([[0], np.cumsum(counts)]),
+        accepted=accepted,
+        advantage=advantage,
+    )
+
+
+@dataclass
+class ModuleResult:
+    raw: torch.Tensor  # N×N float64
+    hinv: torch.Tensor  # N×N float64
+    scores: torch.Tensor | None  # (total response tokens,) float64 contribution, NaN for skipped prompts
+    route: str
+    damping: float
+    factorisations: int
+    failed: int
+    seconds: float
+
+
+def module_rows(mf: ModuleFactors, source: str, compute_cfg, layout: Layout):
+    """The module's curvature rows, and offsets: response r's gradient is the sum of rows [off[r], off[r+1])."""
+    if source == "token":
+        return TokenRows(mf.U, mf.V, compute_cfg.token_chunk, compute_cfg.gram_dtype), layout.row_offsets
+    return ResponseRows(mf.G), torch.arange(mf.G.shape[0] + 1)
+
+
+def process_module(mf: ModuleFactors, layout: Layout, cfg) -> ModuleResult:
+    t0 = time.perf_counter()
+    G = mf.G
+    N = G.shape[0]
+    curv = cfg.curvature
+    rows, offsets = module_rows(mf, curv.source, cfg.compute, layout)
+    raw = G @ G.T
+    routes, failed, factorisations = [], 0, 0
+    damping = float("nan")
+    if curv.scope == "global":
+        solver = factor(rows, curv.damping, curv.solver, n_rhs=N)
+        hinv = solver.quad(G, offsets)
+        routes.append(solver.route)
+        failed += not solver.ok
+        factorisations += 1
+        damping = solver.lam
+    else:
+        hinv = torch.zeros(N, N, dtype=torch.float64, device=G.device)
+    per_prompt = curv.scope == "per_prompt" or cfg.influence.enabled
+    scores = None
+    if cfg.influence.enabled:
+        scores = torch.full((int(layout.token_offsets[-1]),), float("nan"), dtype=torch.float64, device=G.device)
+    for s, e in layout.prompt_bounds if per_prompt else []:
+        rows_p = rows.segment(int(offsets[s]), int(offsets[e]))
+        solver = factor(rows_p, curv.damping, curv.solver, n_rhs=N if curv.scope == "per_prompt" else e - s)
+        routes.append(solver.route)
+        failed += not solver.ok
+        factorisations += 1
+        if curv.scope == "per_prompt":
+            M = solver.quad(G)
+            hinv[s:e] += M[s:e] / 2
+            hinv[:, s:e] += M[:, s:e] / 2
+        if scores is not None:
+            _prompt_scores(scores, solver, mf, G, s, e, layout, cfg.influence)
+    if G.is_cuda:
+        torch.cuda.synchronize()
+    route = routes[0] if len(set(routes)) == 1 else "mixed(" + ",".join(sorted(set(routes))) + ")"
+    return ModuleResult(
+        raw=raw, hinv=hinv, scores=scores, route=route, damping=damping, factorisations=factorisations,
+        failed=failed, seconds=time.perf_counter() - t0,
+    )
+
+
+def _prompt_scores(scores, solver, mf, G, s, e, layout: Layout, icfg) -> None:
+    coeff = contrast_coefficients(
+        layout.accepted[s:e], layout.advantage[s:e], icfg.aggregate, icfg.exclude_self
+    )
+    if coeff is None:
+        return  # no contrast: the prompt's rows stay NaN
+    W = torch.as_tensor(coeff, dtype=torch.float64, device=G.device) @ G[s:e]
+    Z = solver.solve(W)
+    for r in range(s, e):
+        a, b = int(layout.token_offsets[r]), int(layout.token_offsets[r + 1])
+        idx = layout.token_rows[a:b].to(mf.U.device)
+        scores[a:b] = token_scores(mf.U[idx], mf.V[idx], Z[r - s])

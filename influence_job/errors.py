@@ -1,0 +1,5 @@
+"""Errors a user can fix. The CLI prints their message as one paragraph and exits with code 2."""
+
+
+class InputError(Exception):
+    """Bad input, configuration or environment: the message names the problem and the fix."""

@@ -1,0 +1,48 @@
+"""Token influence rows (DESIGN.md §2): per response token t of a response in prompt p,
+
+    score_t = Σ_m [ Σ_{r∈acc(p)} g_rᵀ H_p⁻¹ g_t − Σ_{r∈rej(p)} g_rᵀ H_p⁻¹ g_t ]
+
+computed as g_tᵀ z with z = H_p⁻¹ w_p and w_p = Σ_r c_r g_r. The coefficients c_r come from the
+aggregate: 'sum' (±1), 'mean' (±1/count of its side), 'advantage' (±|A_r|). With exclude_self the
+response's own term leaves its tokens' w (for 'mean', its side's mean is then over the others; an
+emptied side contributes nothing). Prompts whose responses are all accepted or all rejected have no
+contrast: their rows carry NaN and are counted as skipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def contrast_coefficients(
+    accepted: np.ndarray, advantage: np.ndarray, aggregate: str, exclude_self: bool
+) -> np.ndarray | None:
+    """(n_p × n_p) matrix: row r holds the coefficients of w used for response r's tokens; None: no contrast."""
+    n = len(accepted)
+    n_acc = int(accepted.sum())
+    if n_acc in (0, n):
+        return None
+    sign = np.where(accepted, 1.0, -1.0)
+    if aggregate == "sum":
+        base = sign.copy()
+    elif aggregate == "advantage":
+        base = sign * np.abs(advantage)
+    else:
+        base = sign / np.where(accepted, n_acc, n - n_acc)
+    coeff = np.tile(base, (n, 1))
+    if exclude_self:
+        for r in range(n):
+            coeff[r, r] = 0.0
+            if aggregate == "mean":
+                side = accepted == accepted[r]
+                others = side.sum() - 1
+                coeff[r, side] = sign[r] / others if others else 0.0
+                coeff[r, r] = 0.0
+    return coeff
+
+
+def token_scores(U: torch.Tensor, V: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
+    """g_tᵀ z for each row t of (U, V): u_tᵀ Z v_t with Z the (k_out × k_in) reshape of z."""
+    Zm = Z.reshape(U.shape[1], V.shape[1])
+    return ((U.double() @ Zm) * V.double()).sum(-1)

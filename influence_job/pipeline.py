@@ -1,0 +1,265 @@
+"""The whole job as one function: config → data → model → capture → curvature+solve → statistics →
+influence rows → diagnostics + validation → outputs. Each phase is timed and reported as it goes."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import influence_job
+from influence_job.capture import capture
+from influence_job.config import JobConfig
+from influence_job.data import Dataset, example_data_path, load_dataset
+from influence_job.diagnostics import module_curvature_similarity, offdiag_summary, unprojected_comparison
+from influence_job.engine import make_layout, process_module
+from influence_job.errors import InputError
+from influence_job.model import layer_index, load_model, select_modules
+from influence_job.outputs import check_writable, npz_bytes, results_json_bytes, write_output_dir
+from influence_job.report import render_report
+from influence_job.similarity import matrix_stats
+from influence_job.validation import run_checks
+
+log = logging.getLogger("influence_job")
+
+
+@dataclass
+class RunResult:
+    results: dict
+    raw: np.ndarray
+    hinv: np.ndarray
+    rows: dict[str, np.ndarray]
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _Phases:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        log.info("[%s] ...", name)
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - t0
+        log.info("[%s] done in %.2f s", name, self.seconds[name])
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise InputError("compute.device is cuda but no CUDA device is visible. Use compute.device: auto or cpu.")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def choose_unprojected(setting: str | None, names: list[str]) -> str | None:
+    """'auto': the middle layer's k_proj (else that layer's first selected module); or a named module."""
+    if setting is None:
+        return None
+    if setting != "auto":
+        if setting not in names:
+            raise InputError(
+                f"diagnostics.unprojected_module {setting!r} is not among the selected modules; use one of "
+                f"{names[:3]}... or 'auto', or null to disable the comparison."
+            )
+        return setting
+    layers = [layer_index(n) for n in names if layer_index(n) is not None]
+    if not layers:
+        return names[0]
+    middle = (max(layers) + 1) // 2
+    in_middle = [n for n in names if layer_index(n) == middle] or names
+    return next((n for n in in_middle if "k_proj" in n), in_middle[0])
+
+
+def run_job(cfg: JobConfig, write: bool = True) -> RunResult:
+    t_start = time.perf_counter()
+    phases = _Phases()
+    if write:
+        check_writable(cfg.output.dir)
+    device = resolve_device(cfg.compute.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with phases("load"):
+        loaded = load_model(cfg.model, device)
+        selected = select_modules(loaded.model, cfg.modules)
+        vocab = loaded.model.get_input_embeddings().num_embeddings
+        ds = load_dataset(
+            cfg.data.path or example_data_path(), loaded.tokenizer, vocab, loaded.max_length,
+            cfg.data.accept_threshold, cfg.model.on_overflow,
+        )
+        names = [n for n, _ in selected]
+        unprojected_name = choose_unprojected(cfg.diagnostics.unprojected_module, names)
+        arrays = ds.arrays()
+        log.info("model %s: %d modules selected; data: %d prompts, %d responses (%d accepted)",
+                 loaded.name, len(selected), len(ds.prompt_ids), ds.n, int(arrays["accepted"].sum()))
+    with phases("capture"):
+        cap = capture(
+            loaded.model, selected, ds, cfg, device, unprojected_name,
+            progress=lambda k, n: log.info("[capture] micro-batch %d/%d", k, n),
+        )
+    layout = make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
+    N = ds.n
+    raw = torch.zeros(N, N, dtype=torch.float64, device=device)
+    hinv = torch.zeros_like(raw)
+    scores = torch.zeros(int(layout.token_offsets[-1]), dtype=torch.float64, device=device)
+    modules_out, failed, n_factor = [], [], 0
+    fidelity, curv_sim = None, {}
+    sim_layers = _similarity_layers(cfg, cap)
+    with phases("curvature_solve"):
+        for k, mf in enumerate(cap.modules):
+            res = process_module(mf, layout, cfg)
+            raw += res.raw
+            hinv += res.hinv
+            if res.scores is not None:
+                scores += res.scores
+            n_factor += res.factorisations
+            if res.failed:
+                failed.append(f"{mf.name} ({res.failed})")
+            modules_out.append({
+                "name": mf.name, "kind": mf.kind, "layer": mf.layer,
+                "in_features": mf.dims.d_in, "out_features": mf.dims.d_out,
+                "k_in": mf.dims.k_in, "k_out": mf.dims.k_out, "D": mf.dims.D,
+                "hessian_peak_mb": mf.dims.hessian_peak_mb, "solver": res.route,
+                "damping": res.damping, "solve_seconds": res.seconds,
+            })
+            log.info("[curvature_solve] module %d/%d %s D=%d %s %.3f s",
+                     k + 1, len(cap.modules), mf.name, mf.dims.D, res.route, res.seconds)
+            if mf.name == unprojected_name:
+                fidelity = unprojected_comparison(
+                    mf.name, cap.unprojected, mf.G, mf.dims, arrays["prompt_index"], arrays["accepted"],
+                    cfg.validation.fidelity_sigma, cfg.projection.kind,
+                )
+            if cfg.diagnostics.curvature_similarity and mf.layer in sim_layers and len(layout.prompt_bounds) > 1:
+                curv_sim.setdefault(mf.kind, []).append(module_curvature_similarity(mf, layout, cfg))
+            mf.U = mf.V = None  # this module's per-position factors are no longer needed
+    with phases("statistics"):
+        raw_np, hinv_np = raw.cpu().numpy(), hinv.cpu().numpy()
+        similarity = {
+            "raw": matrix_stats(raw_np, arrays["prompt_index"], arrays["accepted"]),
+            "hinv": matrix_stats(hinv_np, arrays["prompt_index"], arrays["accepted"]),
+        }
+        rows = _influence_rows(ds, cap, layout, scores.cpu().numpy(), cfg.influence.enabled)
+        curvature_similarity = {
+            kind: {
+                "modules": len(mats),
+                "frobenius_cos": offdiag_summary(np.mean([m["frobenius"] for m in mats], axis=0)),
+                "spectrum_cos": offdiag_summary(np.mean([m["spectrum"] for m in mats], axis=0)),
+                "frobenius_cos_matrix": np.mean([m["frobenius"] for m in mats], axis=0),
+            }
+            for kind, mats in curv_sim.items()
+        }
+    skipped_tokens = np.repeat(rows["skipped"], np.diff(rows["token_offsets"]))
+    validation = run_checks(
+        N, len(rows["response_index"]), raw_np, hinv_np, rows["scores"], rows["entropy"], skipped_tokens,
+        failed, n_factor, fidelity, cfg.curvature.scope,
+    )
+    results = {
+        "n_responses": N,
+        "n_prompts": len(ds.prompt_ids),
+        "n_accepted": int(arrays["accepted"].sum()),
+        "n_rejected": int((~arrays["accepted"]).sum()),
+        "n_positions": cap.n_positions,
+        "n_response_tokens": int(layout.token_offsets[-1]),
+        "model": loaded.name,
+        "modules": modules_out,
+        "similarity": similarity,
+        "influence": {
+            "enabled": cfg.influence.enabled,
+            "rows": len(rows["response_index"]),
+            "skipped_rows": int(rows["skipped"].sum()),
+            "skipped_prompts": sorted({ds.prompt_ids[p] for p in rows["prompt_index"][rows["skipped"]]}),
+            "aggregate": cfg.influence.aggregate,
+            "exclude_self": cfg.influence.exclude_self,
+        },
+        "unprojected_comparison": fidelity,
+        "curvature_similarity": curvature_similarity,
+        "validation": validation,
+        "config": cfg.model_dump(mode="json"),
+        "environment": _environment(device),
+    }
+    # Measured before writing: the write phase is in the log but not in results.json.
+    results["performance"] = _performance(phases.seconds, modules_out, device, t_start)
+    if write:
+        with phases("write"):
+            write_output_dir(cfg.output.dir, {
+                "results.json": results_json_bytes(results),
+                "similarity.npz": npz_bytes({
+                    "raw": raw_np, "hinv": hinv_np, "prompt_index": arrays["prompt_index"],
+                    "accepted": arrays["accepted"], "reward": arrays["reward"],
+                    "advantage": arrays["advantage"], "log_prob": cap.log_prob,
+                }),
+                "influence_rows.npz": npz_bytes(rows),
+                "report.md": render_report(results).encode(),
+            })
+    return RunResult(results=results, raw=raw_np, hinv=hinv_np, rows=rows, phase_seconds=phases.seconds)
+
+
+def _similarity_layers(cfg: JobConfig, cap) -> set:
+    layers = {m.layer for m in cap.modules}
+    if cfg.diagnostics.curvature_similarity_layers == "all" or None in layers:
+        return layers
+    return {(max(layers) + 1) // 2}
+
+
+def _influence_rows(ds: Dataset, cap, layout, scores: np.ndarray, enabled: bool) -> dict[str, np.ndarray]:
+    """One row per response (columnar; a response's token values are a slice given by token_offsets)."""
+    n_acc = np.zeros(len(ds.prompt_ids), dtype=int)
+    n_all = np.zeros(len(ds.prompt_ids), dtype=int)
+    for r in ds.responses:
+        n_acc[r.prompt_index] += r.accepted
+        n_all[r.prompt_index] += 1
+    contrast = (n_acc > 0) & (n_acc < n_all)
+    prompt_index = np.array([r.prompt_index for r in ds.responses])
+    skipped = ~contrast[prompt_index] if enabled else np.ones(ds.n, dtype=bool)
+    if not enabled:
+        scores = np.full(int(layout.token_offsets[-1]), np.nan)
+    spans = np.diff(layout.token_offsets)
+    with np.errstate(invalid="ignore"):
+        score_sum = np.add.reduceat(scores, layout.token_offsets[:-1]) if len(scores) else np.zeros(ds.n)
+    return {
+        "response_index": np.arange(ds.n),
+        "prompt_index": prompt_index,
+        "prompt_id": np.array([r.prompt_id for r in ds.responses]),
+        "response_id": np.array([r.response_id for r in ds.responses]),
+        "reward": np.array([r.reward for r in ds.responses]),
+        "accepted": np.array([r.accepted for r in ds.responses]),
+        "skipped": skipped,
+        "n_tokens": spans,
+        "score_sum": np.where(skipped, np.nan, score_sum),
+        "token_offsets": layout.token_offsets,
+        "token_ids": np.concatenate([np.array(r.response_ids, dtype=np.int64) for r in ds.responses]),
+        "scores": scores,
+        "entropy": np.concatenate(cap.entropy),
+    }
+
+
+def _environment(device: torch.device) -> dict:
+    import transformers
+
+    return {
+        "influence_job": influence_job.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "host": platform.node(),
+        "world_size": 1,
+    }
+
+
+def _performance(phase_seconds: dict, modules: list[dict], device, t_start: float) -> dict:
+    return {
+        "wall_seconds": time.perf_counter() - t_start,
+        "phase_seconds": dict(phase_seconds),
+        "hessian_solve_seconds": sum(m["solve_seconds"] for m in modules),
+        "peak_gpu_mem_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0,
+        "peak_host_mem_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
