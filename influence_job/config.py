@@ -28,7 +28,8 @@ class ModelConfig(_Section):
     builtin: Literal["tiny-qwen2", "qwen2.5-1.5b-random"] | None = Field(
         None,
         description="A model built in code with seeded random weights: 'tiny-qwen2' (the default run and "
-        "tests) or 'qwen2.5-1.5b-random' (Qwen2.5-1.5B's shape, for benchmarks). Exclusive with 'path'.",
+        "tests) or 'qwen2.5-1.5b-random' (Qwen2.5-1.5B's shape, for benchmarks). Exclusive with 'path'. "
+        "Without a model section the job uses tiny-qwen2.",
     )
     path: Path | None = Field(
         None, description="A local Hugging Face causal-LM directory (config.json, weights, tokenizer)."

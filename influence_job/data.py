@@ -132,7 +132,9 @@ def _parse_group(obj, index: int, where: str, tokenizer, vocab_size: int, thresh
             raise InputError(f"{rwhere}: 'accepted' must be true or false, got {accepted!r}.")
         ids = _text_or_ids(resp, "response", "response_token_ids", rwhere, tokenizer, vocab_size)
         if not ids:
-            raise InputError(f"{rwhere}: the response is empty (no tokens); it has no log-probability to differentiate.")
+            raise InputError(
+                f"{rwhere}: the response is empty (no tokens); it has no log-probability to differentiate."
+            )
         meta = {k: v for k, v in resp.items() if k not in RESPONSE_KEYS}
         meta.update({k: v for k, v in obj.items() if k not in GROUP_KEYS})
         out.append(
@@ -199,7 +201,9 @@ def load_dataset(
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}). Each line must be one JSON object.") from None
+            raise InputError(
+                f"{where}: not valid JSON ({exc.msg} at column {exc.colno}). Each line must be one JSON object."
+            ) from None
         pid, group = _parse_group(obj, len(prompt_ids), where, tokenizer, vocab_size, threshold)
         if pid in prompt_ids:
             raise InputError(f"{where}: prompt_id {pid!r} already appeared earlier; prompt ids must be unique.")

@@ -43,7 +43,9 @@ def unprojected_comparison(
                 for cat in s_full[scope]}
         for scope in SCOPES
     }
-    rel["self_dot"] = {k: _rel(s_proj["self_dot"][k]["mean"], s_full["self_dot"][k]["mean"]) for k in s_full["self_dot"]}
+    rel["self_dot"] = {
+        k: _rel(s_proj["self_dot"][k]["mean"], s_full["self_dot"][k]["mean"]) for k in s_full["self_dot"]
+    }
     tolerance = 1e-9 if projection_kind == "none" else sigma * sketch_relative_std(dims.k_in, dims.k_out)
     err = rel["self_dot"]["all"]
     return {

@@ -43,33 +43,40 @@ def qwen2_1_5b_config_dict() -> dict:
 
 
 @dataclass
-class LoadedModel:
-    model: nn.Module
+class ModelSource:
+    """What is known before any weight is loaded: enough to validate the data first."""
+
+    config: object  # a transformers PretrainedConfig
     tokenizer: object | None  # a Hugging Face tokenizer, or None when the directory has none
     name: str
-    max_length: int
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.vocab_size)
+
+    @property
+    def max_length(self) -> int:
+        return int(getattr(self.config, "max_position_embeddings", 0) or 0) or 10**9
 
 
-def builtin_model(name: str, dtype: torch.dtype, seed: int, attn: str = "sdpa") -> nn.Module:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def builtin_config(name: str):
+    from transformers import Qwen2Config
 
     if name == "tiny-qwen2":
-        cfg = Qwen2Config(**TINY_QWEN2)
-    elif name == "qwen2.5-1.5b-random":
-        fields = {k: v for k, v in qwen2_1_5b_config_dict().items() if k != "architectures"}
-        cfg = Qwen2Config(**fields)
-    else:
-        raise InputError(f"unknown built-in model {name!r}; choose tiny-qwen2 or qwen2.5-1.5b-random")
-    cfg._attn_implementation = attn
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(cfg)
-    return model.to(dtype)
+        return Qwen2Config(**TINY_QWEN2)
+    if name == "qwen2.5-1.5b-random":
+        return Qwen2Config(**{k: v for k, v in qwen2_1_5b_config_dict().items() if k != "architectures"})
+    raise InputError(f"unknown built-in model {name!r}; choose tiny-qwen2 or qwen2.5-1.5b-random")
 
 
-def _load_directory(path: Path, dtype: torch.dtype, attn: str) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
+def open_model(cfg: ModelConfig) -> ModelSource:
+    """Read the model's configuration and tokenizer (no weights), checking the directory is a causal LM."""
+    if cfg.builtin is not None:
+        return ModelSource(builtin_config(cfg.builtin), byte_level_tokenizer(), cfg.builtin)
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    path = cfg.path
     if not path.exists():
         raise InputError(f"model.path {path} does not exist. Point it at a local Hugging Face model directory.")
     if not (path / "config.json").is_file():
@@ -81,39 +88,49 @@ def _load_directory(path: Path, dtype: torch.dtype, attn: str) -> nn.Module:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"model.path {path}: config.json cannot be read by transformers ({exc}).") from None
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-    except ValueError as exc:
-        if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
-            raise InputError(
-                f"model.path {path} holds a {type(config).__name__} ({config.model_type}), which is not a "
-                "causal language model. The diagnostic needs a decoder-only LM (AutoModelForCausalLM)."
-            ) from None
-        raise InputError(f"model.path {path} cannot be loaded: {exc}") from None
-    except OSError as exc:
-        raise InputError(f"model.path {path}: weights cannot be loaded ({exc}).") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise InputError(
+            f"model.path {path} holds a {config.model_type!r} model, which is not a causal language model. "
+            "The diagnostic needs a decoder-only LM that AutoModelForCausalLM loads (e.g. Qwen2, Llama)."
+        )
+    return ModelSource(config, _load_tokenizer(path), str(path))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 def _load_tokenizer(path: Path):
+    """The directory's tokenizer, or None when it ships none (transformers would build an empty one)."""
     from transformers import AutoTokenizer
 
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        return None
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError):
         return None
 
 
-def load_model(cfg: ModelConfig, device: torch.device) -> LoadedModel:
+def load_model(cfg: ModelConfig, source: ModelSource, device: torch.device) -> nn.Module:
+    """The weights: seeded random for built-ins, from_pretrained for a directory; frozen, in eval mode."""
+    from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
+
     dtype = DTYPES[cfg.dtype]
     if cfg.builtin is not None:
-        model = builtin_model(cfg.builtin, dtype, cfg.seed, cfg.attn_implementation)
-        tokenizer, name = byte_level_tokenizer(), cfg.builtin
+        source.config._attn_implementation = cfg.attn_implementation
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = Qwen2ForCausalLM(source.config).to(dtype)
     else:
-        model = _load_directory(cfg.path, dtype, cfg.attn_implementation)
-        tokenizer, name = _load_tokenizer(cfg.path), str(cfg.path)
-    model.eval().requires_grad_(False).to(device)
-    max_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 10**9
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, max_length=max_length)
+        hf_logging.disable_progress_bar()  # the job reports its own progress
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.path, dtype=dtype, attn_implementation=cfg.attn_implementation
+            )
+        except (OSError, ValueError) as exc:
+            raise InputError(f"model.path {cfg.path}: the weights cannot be loaded ({exc}).") from None
+    return model.eval().requires_grad_(False).to(device)
 
 
 def select_modules(model: nn.Module, patterns: list[str]) -> list[tuple[str, nn.Linear]]:

@@ -72,9 +72,13 @@ def write_output_dir(out_dir: Path, files: dict[str, bytes]) -> None:
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    for name, data in files.items():
-        atomic_write_bytes(staging / name, data)
-    _fsync_dir(staging)
+    try:
+        for name, data in files.items():
+            atomic_write_bytes(staging / name, data)
+        _fsync_dir(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")

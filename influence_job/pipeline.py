@@ -20,7 +20,7 @@ from influence_job.data import Dataset, example_data_path, load_dataset
 from influence_job.diagnostics import module_curvature_similarity, offdiag_summary, unprojected_comparison
 from influence_job.engine import make_layout, process_module
 from influence_job.errors import InputError
-from influence_job.model import layer_index, load_model, select_modules
+from influence_job.model import layer_index, load_model, open_model, select_modules
 from influence_job.outputs import check_writable, npz_bytes, results_json_bytes, write_output_dir
 from influence_job.report import render_report
 from influence_job.similarity import matrix_stats
@@ -78,6 +78,32 @@ def choose_unprojected(setting: str | None, names: list[str]) -> str | None:
     return next((n for n in in_middle if "k_proj" in n), in_middle[0])
 
 
+def load_inputs(cfg: JobConfig, device: torch.device):
+    """The load phase: model config and tokenizer, then the data (validated before any weight loads),
+    then the weights; returns (dataset, model, selected modules, unprojected module name, model name)."""
+    source = open_model(cfg.model)
+    ds = load_dataset(
+        cfg.data.path or example_data_path(), source.tokenizer, source.vocab_size, source.max_length,
+        cfg.data.accept_threshold, cfg.model.on_overflow,
+    )
+    model = load_model(cfg.model, source, device)
+    selected = select_modules(model, cfg.modules)
+    unprojected_name = choose_unprojected(cfg.diagnostics.unprojected_module, [n for n, _ in selected])
+    log.info("model %s: %d modules selected; data: %d prompts, %d responses (%d accepted)",
+             source.name, len(selected), len(ds.prompt_ids), ds.n, sum(r.accepted for r in ds.responses))
+    return ds, model, selected, unprojected_name, source.name
+
+
+def capture_inputs(cfg: JobConfig, ds: Dataset, model, selected, unprojected_name, device):
+    """The capture phase: factors of every module, and the layout of responses, prompts and tokens."""
+    cap = capture(
+        model, selected, ds, cfg, device, unprojected_name,
+        progress=lambda k, n: log.info("[capture] micro-batch %d/%d", k, n),
+    )
+    arrays = ds.arrays()
+    return cap, make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
+
+
 def run_job(cfg: JobConfig, write: bool = True) -> RunResult:
     t_start = time.perf_counter()
     phases = _Phases()
@@ -87,24 +113,10 @@ def run_job(cfg: JobConfig, write: bool = True) -> RunResult:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with phases("load"):
-        loaded = load_model(cfg.model, device)
-        selected = select_modules(loaded.model, cfg.modules)
-        vocab = loaded.model.get_input_embeddings().num_embeddings
-        ds = load_dataset(
-            cfg.data.path or example_data_path(), loaded.tokenizer, vocab, loaded.max_length,
-            cfg.data.accept_threshold, cfg.model.on_overflow,
-        )
-        names = [n for n, _ in selected]
-        unprojected_name = choose_unprojected(cfg.diagnostics.unprojected_module, names)
-        arrays = ds.arrays()
-        log.info("model %s: %d modules selected; data: %d prompts, %d responses (%d accepted)",
-                 loaded.name, len(selected), len(ds.prompt_ids), ds.n, int(arrays["accepted"].sum()))
+        ds, model, selected, unprojected_name, model_name = load_inputs(cfg, device)
     with phases("capture"):
-        cap = capture(
-            loaded.model, selected, ds, cfg, device, unprojected_name,
-            progress=lambda k, n: log.info("[capture] micro-batch %d/%d", k, n),
-        )
-    layout = make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
+        cap, layout = capture_inputs(cfg, ds, model, selected, unprojected_name, device)
+    arrays = ds.arrays()
     N = ds.n
     raw = torch.zeros(N, N, dtype=torch.float64, device=device)
     hinv = torch.zeros_like(raw)
@@ -167,7 +179,7 @@ def run_job(cfg: JobConfig, write: bool = True) -> RunResult:
         "n_rejected": int((~arrays["accepted"]).sum()),
         "n_positions": cap.n_positions,
         "n_response_tokens": int(layout.token_offsets[-1]),
-        "model": loaded.name,
+        "model": model_name,
         "modules": modules_out,
         "similarity": similarity,
         "influence": {
@@ -249,7 +261,8 @@ def _environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "numpy": np.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
         "host": platform.node(),
         "world_size": 1,
     }

@@ -1,0 +1,155 @@
+"""The command line and the output contract (DESIGN.md §3), on real runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from conftest import exact_config
+
+from influence_job import outputs
+from influence_job.cli import main
+from influence_job.pipeline import run_job
+from influence_job.similarity import CATEGORIES, SCOPES
+
+
+def test_default_run_through_console_script(tmp_path):
+    """`influence-job run` with no config: built-in tiny model, bundled data, CPU."""
+    out = tmp_path / "default"
+    proc = subprocess.run(
+        ["influence-job", "run", "--output", str(out)], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[capture] micro-batch" in proc.stderr and "[curvature_solve] module 14/14" in proc.stderr
+    assert "validation: PASSED" in proc.stdout and str(out) in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["influence_rows.npz", "report.md", "results.json",
+                                                      "similarity.npz"]
+    r = json.loads((out / "results.json").read_text())
+    assert (r["n_responses"], r["n_prompts"]) == (32, 8)
+    assert r["n_accepted"] + r["n_rejected"] == 32
+    cfg = r["config"]
+    assert cfg["projection"] == {"kind": "rademacher", "factor": 32, "max_hessian_dim": -1, "seed": 0}
+    assert cfg["curvature"] == {"source": "token", "scope": "global", "damping": "auto", "solver": "auto"}
+    assert len(cfg["modules"]) == 7 and cfg["positions"] == "all"
+    for m in r["modules"]:
+        assert set(m) >= {"name", "in_features", "out_features", "k_in", "k_out", "D", "hessian_peak_mb",
+                          "solver", "solve_seconds"}
+    for kind in ("raw", "hinv"):
+        for s in SCOPES:
+            for c in CATEGORIES:
+                cell = r["similarity"][kind][s][c]
+                assert set(cell) == {"n", "dot", "cos"} and set(cell["dot"]) == {"mean", "std", "min", "max"}
+        assert set(r["similarity"][kind]["self_dot"]) == {"acc", "rej", "all"}
+    assert set(r["validation"]) == {"rows_emitted", "nan_count", "checks", "passed"}
+    assert set(r["performance"]) >= {"wall_seconds", "phase_seconds", "hessian_solve_seconds",
+                                     "peak_gpu_mem_bytes", "peak_host_mem_bytes"}
+    assert r["performance"]["peak_host_mem_bytes"] > 0
+    assert r["unprojected_comparison"]["module"] == "model.layers.1.self_attn.k_proj"
+    assert set(r["curvature_similarity"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                              "down_proj"}
+    with np.load(out / "similarity.npz") as z:
+        assert z["raw"].shape == z["hinv"].shape == (32, 32)
+        assert z["raw"].dtype == np.float64
+        np.testing.assert_array_equal(z["prompt_index"], np.repeat(np.arange(8), 4))
+    with np.load(out / "influence_rows.npz") as rows:
+        assert len(rows["response_id"]) == 32
+        assert rows["token_offsets"][-1] == len(rows["scores"]) == len(rows["entropy"])
+        assert rows["skipped"].sum() == 8  # p3 all accepted, p4 all rejected
+    report = (out / "report.md").read_text()
+    for heading in ("Projection dimensions", "RAW", "HINV", "Performance", "Validation"):
+        assert heading in report
+
+
+def test_config_command_prints_resolved_yaml_and_explains(capsys, tmp_path):
+    assert main(["config", "--set", "curvature.source=response", "--output", str(tmp_path)]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["curvature"]["source"] == "response"
+    assert printed["output"]["dir"] == str(tmp_path)
+    assert printed["model"] == {"builtin": "tiny-qwen2", "path": None, "dtype": "float32",
+                                "attn_implementation": "sdpa", "seed": 0, "on_overflow": "error"}
+    assert main(["config", "--explain"]) == 0
+    text = capsys.readouterr().out
+    for key in ("projection.factor", "curvature.damping", "influence.exclude_self", "compute.micro_batch_tokens"):
+        assert key in text
+
+
+def test_config_file_round_trip(tmp_path, capsys):
+    cfg_file = tmp_path / "job.yaml"
+    cfg_file.write_text("projection: {factor: 8}\ncurvature: {scope: per_prompt}\n")
+    assert main(["config", "--config", str(cfg_file)]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["projection"]["factor"] == 8 and printed["curvature"]["scope"] == "per_prompt"
+
+
+def test_failed_validation_exits_1_and_says_so(tiny_model_dir, tiny_data, tmp_path, capsys):
+    """A fidelity tolerance no random projection can meet: the check fails, outputs say so, exit code 1."""
+    out = tmp_path / "o"
+    code = main(["run", "-q", "--set", f"model.path={tiny_model_dir}", "--set", "model.builtin=null",
+                 "--set", f"data.path={tiny_data}", "--set", "projection.factor=4",
+                 "--set", "validation.fidelity_sigma=1e-12", "--output", str(out)])
+    assert code == 1
+    assert "validation: FAILED (projection_fidelity)" in capsys.readouterr().out
+    r = json.loads((out / "results.json").read_text())
+    assert r["validation"]["passed"] is False
+    assert [c["name"] for c in r["validation"]["checks"] if not c["passed"]] == ["projection_fidelity"]
+    assert "**Validation: FAILED**" in (out / "report.md").read_text()
+
+
+def test_crash_while_writing_keeps_previous_result(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    run_job(exact_config(tiny_model_dir, tiny_data, out=out))
+    before = (out / "results.json").read_bytes()
+    real = outputs.atomic_write_bytes
+    calls = []
+
+    def failing(path, data):
+        calls.append(path.name)
+        if len(calls) == 3:
+            raise OSError("disk full (simulated)")
+        real(path, data)
+
+    monkeypatch.setattr(outputs, "atomic_write_bytes", failing)
+    with pytest.raises(OSError, match="simulated"):
+        run_job(exact_config(tiny_model_dir, tiny_data, out=out, curvature={"source": "response"}))
+    assert (out / "results.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]  # the staging directory was removed
+    assert sorted(p.name for p in out.iterdir()) == ["influence_rows.npz", "report.md", "results.json",
+                                                      "similarity.npz"]
+
+
+def test_results_json_is_strict_json(tiny_model_dir, tiny_data, tmp_path):
+    out = tmp_path / "o"
+    run_job(exact_config(tiny_model_dir, tiny_data, out=out))
+    text = (out / "results.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_module_entry_point(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "influence_job", "config"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "projection:" in proc.stdout
+
+
+def test_readme_documents_every_configuration_field():
+    from pathlib import Path
+
+    from influence_job.config import explain
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for line in explain():
+        key = line.split(" (default", 1)[0]
+        assert f"`{key}`" in readme, f"README's configuration table lacks {key}"
+
+
+def test_readme_and_ci_share_the_test_command():
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    ci = (root / ".ci" / "run").read_text()
+    readme = (root / "README.md").read_text()
+    command = next(line for line in ci.splitlines() if line.startswith("pip install torch"))
+    assert command in readme

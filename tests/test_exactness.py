@@ -1,0 +1,139 @@
+"""The engine against independent float64 autograd and explicit D×D solves (tests/reference.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import exact_config
+from reference import build_reference, hinv_reference, influence_reference, raw_reference
+
+from influence_job.config import ProjectionConfig
+from influence_job.pipeline import run_job
+
+PROJECTIONS = {
+    "none": {"kind": "none"},
+    "rademacher": {"kind": "rademacher", "factor": 4, "seed": 3},
+}
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def references(tiny_model_dir, tiny_data):
+    cache = {}
+
+    def get(projection: str, positions: str = "all", objective: str = "log_prob"):
+        key = (projection, positions, objective)
+        if key not in cache:
+            cache[key] = build_reference(
+                tiny_model_dir, tiny_data, ProjectionConfig(**PROJECTIONS[projection]), positions, objective
+            )
+        return cache[key]
+
+    return get
+
+
+def test_all_positions_gradient_is_the_weight_gradient(references):
+    """Σ_t δ_t x_tᵀ over all positions is autograd's weight gradient (the DESIGN's definition)."""
+    ref = references("none")
+    for name in ref.full_grad:
+        assert rel_err(ref.full_grad[name], ref.weight_grad[name]) < 1e-12
+
+
+@pytest.mark.parametrize("projection", ["none", "rademacher"])
+@pytest.mark.parametrize("source", ["token", "response"])
+@pytest.mark.parametrize("scope", ["global", "per_prompt"])
+@pytest.mark.parametrize("solver", ["kernel", "dense"])
+def test_raw_and_hinv_match_autograd_and_explicit_solves(
+    references, tiny_model_dir, tiny_data, projection, source, scope, solver
+):
+    ref = references(projection)
+    cfg = exact_config(
+        tiny_model_dir, tiny_data, projection=PROJECTIONS[projection],
+        curvature={"source": source, "scope": scope, "solver": solver},
+        influence={"enabled": False}, diagnostics={"curvature_similarity": False},
+    )
+    out = run_job(cfg, write=False)
+    assert rel_err(out.raw, raw_reference(ref)) < 1e-8
+    assert rel_err(out.hinv, hinv_reference(ref, source, scope)) < 1e-8
+    assert out.results["validation"]["passed"]
+
+
+@pytest.mark.parametrize("positions", ["all", "response"])
+def test_positions_option_and_objective(references, tiny_model_dir, tiny_data, positions):
+    objective = "advantage_log_prob" if positions == "response" else "log_prob"
+    ref = references("rademacher", positions, objective)
+    cfg = exact_config(
+        tiny_model_dir, tiny_data, projection=PROJECTIONS["rademacher"], positions=positions, objective=objective,
+        curvature={"source": "token", "scope": "global"}, influence={"enabled": False},
+    )
+    out = run_job(cfg, write=False)
+    assert rel_err(out.raw, raw_reference(ref)) < 1e-8
+    assert rel_err(out.hinv, hinv_reference(ref, "token", "global")) < 1e-8
+
+
+def test_fixed_damping(references, tiny_model_dir, tiny_data):
+    ref = references("rademacher")
+    cfg = exact_config(tiny_model_dir, tiny_data, projection=PROJECTIONS["rademacher"],
+                       curvature={"source": "response", "scope": "global", "damping": 0.5})
+    out = run_job(cfg, write=False)
+    assert rel_err(out.hinv, hinv_reference(ref, "response", "global", damping=0.5)) < 1e-8
+
+
+@pytest.mark.parametrize(
+    "source,aggregate,exclude_self,solver",
+    [("token", "sum", False, "kernel"), ("token", "mean", True, "dense"),
+     ("response", "advantage", False, "auto"), ("response", "mean", False, "dense")],
+)
+def test_token_influence_matches_brute_force(references, tiny_model_dir, tiny_data, source, aggregate,
+                                             exclude_self, solver):
+    ref = references("rademacher")
+    cfg = exact_config(
+        tiny_model_dir, tiny_data, projection=PROJECTIONS["rademacher"],
+        curvature={"source": source, "solver": solver},
+        influence={"aggregate": aggregate, "exclude_self": exclude_self},
+    )
+    out = run_job(cfg, write=False)
+    rows = out.rows
+    expected = influence_reference(ref, source, aggregate, exclude_self)
+    off = rows["token_offsets"]
+    got = [rows["scores"][off[i]:off[i + 1]] for i in range(len(expected))]
+    skipped = rows["skipped"]
+    assert list(skipped) == [bool(np.isnan(e).all()) for e in expected]
+    assert skipped.sum() == 3  # prompt "c" is all-accepted: its rows are NaN and counted
+    scored = ~skipped
+    assert rel_err(np.concatenate([g for g, s in zip(got, scored, strict=True) if s]),
+                   np.concatenate([e for e, s in zip(expected, scored, strict=True) if s])) < 1e-8
+    for g, s in zip(got, skipped, strict=True):
+        assert np.isnan(g).all() == s
+    # entropy and per-row identity columns
+    assert rel_err(rows["entropy"], np.concatenate(ref.entropy)) < 1e-10
+    assert list(rows["accepted"]) == list(ref.accepted)
+    assert out.results["influence"]["skipped_prompts"] == ["c"]
+
+
+def test_log_prob_matches(references, tiny_model_dir, tiny_data, tmp_path):
+    ref = references("none")
+    cfg = exact_config(tiny_model_dir, tiny_data, out=tmp_path / "o", projection=PROJECTIONS["none"])
+    run_job(cfg)
+    with np.load(tmp_path / "o" / "similarity.npz") as z:
+        assert rel_err(z["log_prob"], ref.log_prob) < 1e-10
+        assert list(z["accepted"]) == list(ref.accepted)
+
+
+def test_unprojected_comparison_is_exact(references, tiny_model_dir, tiny_data):
+    """The comparison's 'exact' side equals autograd's Gram of full weight gradients."""
+    ref = references("rademacher")
+    cfg = exact_config(tiny_model_dir, tiny_data, projection=PROJECTIONS["rademacher"],
+                       diagnostics={"unprojected_module": "model.layers.1.self_attn.k_proj"})
+    res = run_job(cfg, write=False).results["unprojected_comparison"]
+    W = ref.weight_grad["model.layers.1.self_attn.k_proj"]
+    gram = (W @ W.T).numpy()
+    assert res["unprojected"]["self_dot"]["all"]["mean"] == pytest.approx(np.diag(gram).mean(), rel=1e-10)
+    Gp = ref.G["model.layers.1.self_attn.k_proj"]
+    assert res["projected"]["self_dot"]["all"]["mean"] == pytest.approx(
+        float(torch.diag(Gp @ Gp.T).mean()), rel=1e-10)

@@ -1,0 +1,51 @@
+"""Results do not depend on micro-batching or prompt order, and identical runs write identical numbers."""
+
+import numpy as np
+from conftest import GROUPS, exact_config, write_jsonl
+
+from influence_job.pipeline import run_job
+
+PROJ = {"kind": "rademacher", "factor": 4}
+
+
+def test_micro_batch_size_does_not_change_results(tiny_model_dir, tiny_data):
+    runs = [
+        run_job(exact_config(tiny_model_dir, tiny_data, projection=PROJ, compute={"micro_batch_tokens": mb}),
+                write=False)
+        for mb in (1, 40, 100000)
+    ]
+    for other in runs[1:]:
+        np.testing.assert_allclose(other.raw, runs[0].raw, rtol=1e-12)
+        np.testing.assert_allclose(other.hinv, runs[0].hinv, rtol=1e-10)
+        np.testing.assert_allclose(other.rows["scores"], runs[0].rows["scores"], rtol=1e-9, atol=1e-12)
+
+
+def test_prompt_order_only_permutes_results(tiny_model_dir, tiny_data, tmp_path):
+    order = [2, 0, 3, 1]
+    shuffled = write_jsonl(tmp_path / "shuffled.jsonl", [GROUPS[i] for i in order])
+    a = run_job(exact_config(tiny_model_dir, tiny_data, projection=PROJ), write=False)
+    b = run_job(exact_config(tiny_model_dir, shuffled, projection=PROJ), write=False)
+    ids_a = list(a.rows["response_id"])
+    perm = [ids_a.index(r) for r in b.rows["response_id"]]
+    np.testing.assert_allclose(b.raw, a.raw[np.ix_(perm, perm)], rtol=1e-12)
+    np.testing.assert_allclose(b.hinv, a.hinv[np.ix_(perm, perm)], rtol=1e-10)
+    for i, j in enumerate(perm):
+        sa = a.rows["scores"][a.rows["token_offsets"][j]:a.rows["token_offsets"][j + 1]]
+        sb = b.rows["scores"][b.rows["token_offsets"][i]:b.rows["token_offsets"][i + 1]]
+        np.testing.assert_allclose(sb, sa, rtol=1e-9)
+    for scope in ("per_prompt", "all_prompt"):
+        for cat in ("acc-acc", "acc-rej"):
+            assert np.isclose(a.results["similarity"]["hinv"][scope][cat]["dot"]["mean"],
+                              b.results["similarity"]["hinv"][scope][cat]["dot"]["mean"], rtol=1e-10)
+
+
+def test_identical_runs_write_identical_numbers(tiny_model_dir, tiny_data, tmp_path):
+    arrays = []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        run_job(exact_config(tiny_model_dir, tiny_data, out=out, projection=PROJ))
+        with np.load(out / "similarity.npz") as z, np.load(out / "influence_rows.npz") as r:
+            arrays.append({**{k: z[k] for k in z.files}, **{"rows." + k: r[k] for k in r.files}})
+    assert arrays[0].keys() == arrays[1].keys()
+    for key in arrays[0]:
+        np.testing.assert_array_equal(arrays[0][key], arrays[1][key], err_msg=key)
