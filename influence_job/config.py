@@ -21,7 +21,7 @@ BUILTIN_MODELS = ("tiny-qwen2", "qwen2.5-1.5b-random")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class ModelConfig(_Section):
@@ -29,7 +29,7 @@ class ModelConfig(_Section):
         None,
         description="A model built in code with seeded random weights: 'tiny-qwen2' (the default run and "
         "tests) or 'qwen2.5-1.5b-random' (Qwen2.5-1.5B's shape, for benchmarks). Exclusive with 'path'. "
-        "Without a model section the job uses tiny-qwen2.",
+        "With neither set, the job uses tiny-qwen2.",
     )
     path: Path | None = Field(
         None, description="A local Hugging Face causal-LM directory (config.json, weights, tokenizer)."
@@ -50,7 +50,7 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
         if self.builtin is None and self.path is None:
-            raise ValueError("set either model.builtin (e.g. tiny-qwen2) or model.path (a local directory)")
+            self.builtin = "tiny-qwen2"
         if self.builtin is not None and self.path is not None:
             raise ValueError("model.builtin and model.path are exclusive: keep one of them")
         return self
@@ -160,7 +160,7 @@ class OutputConfig(_Section):
 
 
 class JobConfig(_Section):
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(builtin="tiny-qwen2"))
+    model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     objective: Literal["log_prob", "advantage_log_prob"] = Field(
         "log_prob", description="L_r = Σ_t log π(y_t | prompt, y_<t), or A_r · L_r with the group advantage."

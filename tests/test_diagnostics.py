@@ -1,0 +1,30 @@
+"""Curvature similarity across prompts against explicit per-prompt D×D curvatures."""
+
+import numpy as np
+import torch
+from conftest import exact_config
+from reference import build_reference, curvature
+
+from influence_job.config import ProjectionConfig
+from influence_job.diagnostics import module_curvature_similarity
+from influence_job.pipeline import capture_inputs, load_inputs
+
+
+def test_curvature_similarity_matches_explicit_matrices(tiny_model_dir, tiny_data):
+    proj = {"kind": "rademacher", "factor": 4, "seed": 3}
+    ref = build_reference(tiny_model_dir, tiny_data, ProjectionConfig(**proj))
+    for source in ("token", "response"):
+        cfg = exact_config(tiny_model_dir, tiny_data, projection=proj, curvature={"source": source})
+        ds, model, selected, _, _ = load_inputs(cfg, torch.device("cpu"))
+        cap, layout = capture_inputs(cfg, ds, model, selected, None, torch.device("cpu"))
+        for mf in cap.modules[:3] + cap.modules[-2:]:
+            got = module_curvature_similarity(mf, layout, cfg)
+            Hs = [curvature(ref, mf.name, list(range(s, e)), source) for s, e in layout.prompt_bounds]
+            P = len(Hs)
+            frob = np.array([[float((Hs[p] * Hs[q]).sum() / (Hs[p].norm() * Hs[q].norm())) for q in range(P)]
+                             for p in range(P)])
+            specs = [torch.linalg.eigvalsh(H).flip(0) for H in Hs]
+            specs = [s / s.norm() for s in specs]
+            spec = np.array([[float(specs[p] @ specs[q]) for q in range(P)] for p in range(P)])
+            np.testing.assert_allclose(got["frobenius"], frob, rtol=1e-9)
+            np.testing.assert_allclose(got["spectrum"], spec, rtol=1e-9)
