@@ -1,4 +1,5 @@
-"""Command line: `influence-job run` computes the diagnostic; `influence-job config` shows the configuration.
+"""Command line: `run` computes the diagnostic, `config` shows its configuration; `render`, `submit` and
+`publish` are the cluster job's commands (the Argo objects, a run on an Argo server, the publish step).
 
 Exit codes: 0 success, 1 a validation check failed (outputs are written and say which), 2 bad input
 or configuration (one paragraph naming the problem and the fix; no traceback).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +41,57 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the resolved configuration as YAML")
     _config_args(cfg)
     cfg.add_argument("--explain", action="store_true", help="list every field with its default and meaning")
+
+    render = sub.add_parser("render", help="write the Argo WorkflowTemplate and CronWorkflow as YAML")
+    _cluster_args(render)
+    render.add_argument("--out", default="rendered", help="output directory, or - for stdout (default: rendered)")
+
+    submit = sub.add_parser("submit", help="start a run of the installed WorkflowTemplate on an Argo server")
+    _cluster_args(submit)
+    submit.add_argument("--argo-server", required=True, metavar="URL", help="e.g. https://argo.example:2746")
+    submit.add_argument("--namespace", default="argo", help="namespace of the workflow (default: argo)")
+    submit.add_argument("--token-env", metavar="VAR", help="environment variable holding the bearer token")
+    submit.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
+    submit.add_argument("--wait", action="store_true", help="wait for the end; print the phase and the outputs")
+    submit.add_argument("--poll-seconds", type=float, default=10.0, help="status poll interval with --wait")
+    submit.add_argument("--model", help="model directory in the pod (default: the settings' model)")
+    submit.add_argument("--dataset", help="data set in the pod (default: the settings' dataset)")
+    submit.add_argument("--run-set", dest="run_overrides", metavar="WORDS",
+                        help="extra `--set KEY=VALUE` words for the run, e.g. \"--set projection.factor=16\"")
+
+    publish = sub.add_parser("publish", help="the workflow's publish step: outputs from a result directory")
+    publish.add_argument("--results", type=Path, required=True, help="the run's output directory")
+    publish.add_argument("--out", type=Path, required=True, help="directory for output-parameter files")
     return parser
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--values", type=Path, help="Helm-style values file (camelCase keys, as the chart's values.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one cluster setting, e.g. --set gpus=4 --set nightly.schedule='0 3 * * *'")
+
+
+def _cluster(args) -> int:
+    from influence_job.cluster.settings import load_settings
+    from influence_job.cluster.workflows import build_all, build_submission
+
+    settings = load_settings(args.values, args.overrides)
+    if args.command == "render":
+        docs = {name: obj.to_yaml() for name, obj in build_all(settings).items()}
+        if args.out == "-":
+            print("---\n".join(docs.values()), end="")
+            return EXIT_OK
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in docs.items():
+            (out / name).write_text(text)
+            print(out / name)
+        return EXIT_OK
+    from influence_job.cluster.submit import submit
+
+    workflow = build_submission(settings, args.model, args.dataset, args.run_overrides)
+    return submit(workflow, args.argo_server, args.namespace, args.token_env, args.insecure, args.wait,
+                  args.poll_seconds)
 
 
 def _resolve(args):
@@ -49,6 +101,19 @@ def _resolve(args):
     return load_config(args.config, overrides)
 
 
+def _idle_rank() -> bool:
+    """Under torchrun, rank 0 computes the whole diagnostic on its own GPU until sharding across ranks
+    exists; the other ranks say so and exit 0, so that a multi-GPU pod still yields one complete result."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and rank == 0:
+        logging.getLogger("influence_job").warning(
+            "launched with %d ranks: sharding across ranks is not implemented yet, rank 0 computes everything", world)
+    elif world > 1:
+        logging.getLogger("influence_job").warning("rank %d of %d: idle (rank 0 computes the diagnostic)", rank, world)
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -56,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s", stream=sys.stderr, force=True,
     )
     try:
+        if args.command in ("render", "submit"):
+            return _cluster(args)
+        if args.command == "publish":
+            from influence_job.cluster.publish import publish
+
+            return publish(args.results, args.out)
         if args.command == "config":
             if args.explain:
                 print("\n".join(explain()))
@@ -63,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(dump_config(_resolve(args)), end="")
             return EXIT_OK
         cfg = _resolve(args)
+        if _idle_rank():
+            return EXIT_OK
         from influence_job.pipeline import run_job  # heavy imports only when running
         from influence_job.report import summary_lines
 

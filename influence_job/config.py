@@ -221,35 +221,39 @@ def _apply_override(data: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def load_config(path: Path | None = None, overrides: list[str] | None = None) -> JobConfig:
-    """Load YAML (or the built-in default when ``path`` is None), apply ``--set`` overrides, validate."""
-    data: dict = {}
-    origin = "built-in default"
-    if path is not None:
-        origin = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise InputError(
-                f"cannot read configuration {path}: {exc.strerror}. Pass an existing YAML file to --config."
-            ) from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise InputError(f"configuration {path} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise InputError(f"configuration {path} must be a YAML mapping of sections, got {type(loaded).__name__}")
-        data = loaded
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file that must hold a mapping; errors name the file and the fix."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror}. Pass an existing YAML file.") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{what} {path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise InputError(f"{what} {path} must be a YAML mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def validate_with_overrides(model: type[BaseModel], data: dict, overrides: list[str] | None, origin: str):
+    """Apply ``--set KEY=VALUE`` overrides to ``data`` and validate it as ``model``."""
     for text in overrides or []:
         key, value = parse_override(text)
         _apply_override(data, key, value)
         origin += f" + --set {text}"
     try:
-        return JobConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise InputError(_format_errors(exc, origin)) from None
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Load YAML (or the built-in default when ``path`` is None), apply ``--set`` overrides, validate."""
+    data = {} if path is None else read_yaml_mapping(path, "configuration")
+    return validate_with_overrides(JobConfig, data, overrides, "built-in default" if path is None else str(path))
 
 
 def dump_config(cfg: JobConfig) -> str:

@@ -1,0 +1,53 @@
+"""The workflow's `publish` step: read results.json, print the report's tables, write the key figures as
+Argo output-parameter files and the report as an artifact, and exit non-zero when validation failed, so
+that the workflow's status is the validation verdict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from influence_job.cluster.workflows import PUBLISHED
+
+
+def lookup(results: dict, dotted: str):
+    node = results
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _text(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def publish(results_dir: Path, out_dir: Path, echo=print) -> int:
+    """Returns the exit code: 0 when the results exist and passed validation, 1 otherwise."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        results = {}
+        echo(f"publish: no readable result at {path} ({exc}); the run step failed before writing its outputs "
+             "(see the run step's logs).")
+    for name, dotted in PUBLISHED.items():
+        (out_dir / name).write_text(_text(lookup(results, dotted)))
+    report = results_dir / "report.md"
+    if report.is_file():
+        shutil.copyfile(report, out_dir / "report.md")
+        echo(report.read_text())
+    else:
+        (out_dir / "report.md").write_text(f"No report: {path} was not written.\n")
+    passed = bool(lookup(results, "validation.passed"))
+    for check in lookup(results, "validation.checks") or []:
+        echo(f"check {check['name']}: {'passed' if check['passed'] else 'FAILED'} ({check['detail']})")
+    echo(f"validation: {'PASSED' if passed else 'FAILED'}")
+    return 0 if passed else 1

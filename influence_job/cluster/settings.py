@@ -1,0 +1,81 @@
+"""Settings of the cluster job: one pydantic model behind the Hera definitions, the CLI and the Helm chart.
+
+Field names are snake_case in Python and camelCase in Helm values (the chart's values.yaml keys are
+exactly these aliases), so a values file converts to settings with ``ClusterSettings.from_values``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from influence_job import __version__
+
+# Kubernetes quantities such as 64Gi, 500m, 32 (a pragmatic subset of the apimachinery grammar).
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P)?$"
+DNS_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+CRON = r"^[0-9*/,\-A-Za-z?LW#]+( [0-9*/,\-A-Za-z?LW#]+){4}$"
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class NightlySettings(_Base):
+    enabled: bool = Field(True, description="Install the nightly CronWorkflow.")
+    schedule: str = Field("0 2 * * *", pattern=CRON, description="Cron schedule (five fields) of the nightly run.")
+    timezone: str = Field("UTC", description="Time zone of the schedule (IANA name).")
+    model: str = Field("/data/models/qwen2.5-1.5b", description="Pinned model directory on the data volume.")
+    dataset: str = Field("/data/datasets/nightly.jsonl", description="Pinned data set on the data volume.")
+    overrides: str = Field("", description="Extra `--set KEY=VALUE` words for the nightly run.")
+    compare: bool = Field(
+        False, description="Run the compare-with-baseline step (`influence-job compare`) after the diagnostic."
+    )
+    baseline: str = Field(
+        "/results/baseline/results.json", description="Stored baseline results.json the nightly run compares to."
+    )
+    successful_jobs_history_limit: int = Field(3, ge=0, description="Successful nightly workflows kept.")
+    failed_jobs_history_limit: int = Field(5, ge=0, description="Failed nightly workflows kept.")
+    starting_deadline_seconds: int = Field(3600, ge=0, description="How late a missed schedule may still start.")
+
+
+class ClusterSettings(_Base):
+    name: str = Field("influence-diagnostic", pattern=DNS_NAME, description="WorkflowTemplate name.")
+    namespace: str | None = Field(None, description="Namespace of the Argo objects (the chart sets its own).")
+    image: str = Field(
+        f"ghcr.io/influence-job/influence-job:{__version__}", min_length=1, description="Job image (repo:tag)."
+    )
+    image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$",
+                                   description="Image pull policy of every container.")
+    service_account: str = Field("influence-job", pattern=DNS_NAME, description="Service account of the pods.")
+    gpus: int = Field(8, ge=1, le=64, description="GPUs of the run pod; torchrun starts one process per GPU.")
+    gpu_product: str = Field("NVIDIA-H200", min_length=1, description="Required GPU product (node selector value).")
+    gpu_product_label: str = Field("nvidia.com/gpu.product", description="Node label that names the GPU product.")
+    cpu: str = Field("32", pattern=QUANTITY, description="CPU request of the run pod.")
+    memory: str = Field("256Gi", pattern=QUANTITY, description="Memory request and limit of the run pod.")
+    shm_size: str = Field("64Gi", pattern=QUANTITY, description="Size of the memory-backed /dev/shm.")
+    data_claim: str = Field("influence-data", pattern=DNS_NAME,
+                            description="PVC with models and data sets, mounted read-only at /data.")
+    results_claim: str = Field("influence-results", pattern=DNS_NAME,
+                               description="PVC the results are written to, mounted at /results.")
+    config_map: str = Field("influence-job-config", pattern=DNS_NAME,
+                            description="ConfigMap with the job's config.yaml (optional: built-in defaults).")
+    model: str = Field("/data/models/qwen2.5-1.5b", description="Default model directory (a run parameter).")
+    dataset: str = Field("/data/datasets/rollouts.jsonl", description="Default data set (a run parameter).")
+    overrides: str = Field("", description="Default extra `--set KEY=VALUE` words (a run parameter).")
+    active_deadline_seconds: int = Field(14400, ge=60, description="Deadline of the run step.")
+    retry_limit: int = Field(2, ge=0, le=10, description="Retries of the run step after pod errors (evictions).")
+    metrics_port: int = Field(9400, ge=1024, le=65535, description="Port of the metrics sidecar's /metrics.")
+    pushgateway: str = Field("", description="Pushgateway URL for final run metrics; empty: no push.")
+    nightly: NightlySettings = Field(default_factory=NightlySettings)
+
+
+
+def load_settings(values_file=None, overrides: list[str] | None = None) -> ClusterSettings:
+    """Settings from a Helm-style values file (camelCase keys; chart-only keys ignored) and --set overrides."""
+    from influence_job.config import read_yaml_mapping, validate_with_overrides
+
+    data = {} if values_file is None else read_yaml_mapping(values_file, "values file")
+    keys = {f.alias or n for n, f in ClusterSettings.model_fields.items()} | set(ClusterSettings.model_fields)
+    data = {k: v for k, v in data.items() if k in keys}
+    return validate_with_overrides(ClusterSettings, data, overrides, str(values_file or "defaults"))

@@ -1,0 +1,239 @@
+"""The Argo objects, built with Hera from ClusterSettings: one source for `hera generate yaml workflows/`,
+`influence-job render`, `influence-job submit` and the Helm chart's templates.
+
+WorkflowTemplate ``influence-diagnostic``: entrypoint ``main`` = step ``run`` (one GPU pod, torchrun, a
+metrics sidecar; continues on failure so that) step ``publish`` always reads the results, exposes the key
+figures as global output parameters and the report as an artifact, and fails the workflow when the
+validation failed or no result was written. CronWorkflow ``influence-nightly`` runs ``main`` through a
+templateRef on pinned inputs, then optionally ``influence-job compare`` against a stored baseline.
+"""
+
+from __future__ import annotations
+
+from hera.workflows import (
+    Container,
+    CronWorkflow,
+    Parameter,
+    Step,
+    Steps,
+    UserContainer,
+    Workflow,
+    WorkflowTemplate,
+)
+from hera.workflows import models as m
+
+from influence_job.cluster.settings import ClusterSettings
+
+LABELS = {"app.kubernetes.io/name": "influence-job", "app.kubernetes.io/part-of": "influence-job"}
+RESULTS_DIR = "/results/{{workflow.name}}"
+OUTPUTS_DIR = "/tmp/outputs"
+METRICS_DIR = "/metrics"
+CONFIG_FILE = "/etc/influence-job/config.yaml"
+# Key figures the publish step exposes as global output parameters (name → results.json path).
+PUBLISHED = {
+    "rows-emitted": "validation.rows_emitted",
+    "validation-passed": "validation.passed",
+    "hinv-per-prompt-acc-acc-mean": "similarity.hinv.per_prompt.acc-acc.dot.mean",
+    "raw-per-prompt-acc-acc-cos-mean": "similarity.raw.per_prompt.acc-acc.cos.mean",
+    "hessian-solve-seconds": "performance.hessian_solve_seconds",
+    "wall-seconds": "performance.wall_seconds",
+    "peak-gpu-mem-bytes": "performance.peak_gpu_mem_bytes",
+    "peak-host-mem-bytes": "performance.peak_host_mem_bytes",
+}
+RUN_INPUTS = ("image", "model", "dataset", "overrides", "gpus", "gpu-product")
+
+RUN_SCRIPT = f"""set -eu
+config=""
+if [ -f {CONFIG_FILE} ]; then config="--config {CONFIG_FILE}"; fi
+# $config and $OVERRIDES are split into words on purpose: OVERRIDES holds `--set KEY=VALUE` words.
+exec torchrun --nproc-per-node "$GPUS" --no-python influence-job run $config \\
+  --set model.builtin=null --set "model.path=$MODEL" --set "data.path=$DATASET" --output "$OUT" $OVERRIDES
+"""
+
+
+def _inp(name: str) -> str:
+    return "{{inputs.parameters.%s}}" % name
+
+
+def volumes(s: ClusterSettings) -> list[m.Volume]:
+    return [
+        m.Volume(name="dshm", empty_dir=m.EmptyDirVolumeSource(medium="Memory", size_limit=s.shm_size)),
+        m.Volume(name="data", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
+            claim_name=s.data_claim, read_only=True)),
+        m.Volume(name="results", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
+            claim_name=s.results_claim)),
+        m.Volume(name="metrics", empty_dir=m.EmptyDirVolumeSource()),
+        m.Volume(name="config", config_map=m.ConfigMapVolumeSource(name=s.config_map, optional=True)),
+    ]
+
+
+def _argo_metrics(prefix: str, extra: list[m.Prometheus] = ()) -> m.Metrics:
+    return m.Metrics(prometheus=[
+        m.Prometheus(name=f"influence_job_{prefix}_duration_seconds", help=f"Duration of the {prefix} step.",
+                     gauge=m.Gauge(realtime=True, value="{{duration}}")),
+        m.Prometheus(name=f"influence_job_{prefix}_result_total", help=f"Finished {prefix} steps by status.",
+                     labels=[m.MetricLabel(key="status", value="{{status}}")],
+                     counter=m.Counter(value="1")),
+        *extra,
+    ])
+
+
+def _run_template(s: ClusterSettings) -> Container:
+    port = s.metrics_port
+    sidecar = UserContainer(
+        name="metrics",
+        image=_inp("image"),
+        image_pull_policy=s.image_pull_policy,
+        command=["influence-job", "exporter", "--dir", METRICS_DIR, "--port", str(port)],
+        ports=[m.ContainerPort(container_port=port, name="metrics")],
+        volume_mounts=[m.VolumeMount(name="metrics", mount_path=METRICS_DIR)],
+        resources=m.ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"},
+                                         limits={"memory": "1Gi"}),
+    )
+    return Container(
+        name="run",
+        image=_inp("image"),
+        image_pull_policy=s.image_pull_policy,
+        command=["sh", "-c", RUN_SCRIPT],
+        inputs=[Parameter(name=n) for n in RUN_INPUTS],
+        env=[
+            m.EnvVar(name="MODEL", value=_inp("model")),
+            m.EnvVar(name="DATASET", value=_inp("dataset")),
+            m.EnvVar(name="OVERRIDES", value=_inp("overrides")),
+            m.EnvVar(name="GPUS", value=_inp("gpus")),
+            m.EnvVar(name="OUT", value=RESULTS_DIR),
+            m.EnvVar(name="PROMETHEUS_MULTIPROC_DIR", value=METRICS_DIR),
+            m.EnvVar(name="INFLUENCE_PUSHGATEWAY", value=s.pushgateway),
+        ],
+        resources=m.ResourceRequirements(
+            requests={"cpu": s.cpu, "memory": s.memory, "nvidia.com/gpu": _inp("gpus")},
+            limits={"memory": s.memory, "nvidia.com/gpu": _inp("gpus")},
+        ),
+        volume_mounts=[
+            m.VolumeMount(name="dshm", mount_path="/dev/shm"),
+            m.VolumeMount(name="data", mount_path="/data", read_only=True),
+            m.VolumeMount(name="results", mount_path="/results"),
+            m.VolumeMount(name="metrics", mount_path=METRICS_DIR),
+            m.VolumeMount(name="config", mount_path="/etc/influence-job", read_only=True),
+        ],
+        node_selector={s.gpu_product_label: _inp("gpu-product")},
+        tolerations=[m.Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        retry_strategy=m.RetryStrategy(limit=s.retry_limit, retry_policy="OnError"),
+        active_deadline_seconds=s.active_deadline_seconds,
+        sidecars=[sidecar],
+        labels={**LABELS, "app.kubernetes.io/component": "run"},
+        metrics=_argo_metrics("run"),
+    )
+
+
+def _publish_template(s: ClusterSettings) -> Container:
+    rows = m.Prometheus(
+        name="influence_job_rows_emitted", help="Token-influence rows the last run emitted.",
+        gauge=m.Gauge(realtime=False, value="{{outputs.parameters.rows-emitted}}"),
+        when="{{status}} == Succeeded",
+    )
+    return Container(
+        name="publish",
+        image=_inp("image"),
+        image_pull_policy=s.image_pull_policy,
+        command=["influence-job", "publish", "--results", RESULTS_DIR, "--out", OUTPUTS_DIR],
+        inputs=[Parameter(name="image")],
+        volume_mounts=[m.VolumeMount(name="results", mount_path="/results", read_only=True)],
+        resources=m.ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"}),
+        outputs=m.Outputs(
+            parameters=[
+                m.Parameter(name=name, global_name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}"))
+                for name in PUBLISHED
+            ],
+            artifacts=[m.Artifact(name="report", path=f"{OUTPUTS_DIR}/report.md", archive=m.ArchiveStrategy(none={}))],
+        ),
+        labels={**LABELS, "app.kubernetes.io/component": "publish"},
+        metrics=_argo_metrics("publish", [rows]),
+    )
+
+
+def _main_steps(run: Container, publish: Container) -> Steps:
+    with Steps(name="main", inputs=[Parameter(name=n) for n in RUN_INPUTS]) as steps:
+        run(arguments={n: _inp(n) for n in RUN_INPUTS}, continue_on=m.ContinueOn(failed=True))
+        publish(arguments={"image": _inp("image")})
+    return steps
+
+
+def run_arguments(s: ClusterSettings, model: str, dataset: str, overrides: str) -> list[Parameter]:
+    values = {"image": s.image, "model": model, "dataset": dataset, "overrides": overrides,
+              "gpus": str(s.gpus), "gpu-product": s.gpu_product}
+    return [Parameter(name=k, value=v) for k, v in values.items()]
+
+
+def build_workflow_template(s: ClusterSettings) -> WorkflowTemplate:
+    with WorkflowTemplate(
+        name=s.name,
+        namespace=s.namespace,
+        labels=LABELS,
+        entrypoint="main",
+        service_account_name=s.service_account,
+        arguments=run_arguments(s, s.model, s.dataset, s.overrides),
+        volumes=volumes(s),
+    ) as wt:
+        _main_steps(_run_template(s), _publish_template(s))
+    return wt
+
+
+def build_cron_workflow(s: ClusterSettings) -> CronWorkflow:
+    n = s.nightly
+    compare = Container(
+        name="compare",
+        image=_inp("image"),
+        image_pull_policy=s.image_pull_policy,
+        command=["influence-job", "compare", "--results", RESULTS_DIR, "--baseline", _inp("baseline")],
+        inputs=[Parameter(name="image"), Parameter(name="baseline")],
+        volume_mounts=[m.VolumeMount(name="results", mount_path="/results", read_only=True)],
+        resources=m.ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"}),
+        labels={**LABELS, "app.kubernetes.io/component": "compare"},
+    )
+    with CronWorkflow(
+        name="influence-nightly",
+        namespace=s.namespace,
+        labels=LABELS,
+        schedules=[n.schedule],
+        timezone=n.timezone,
+        concurrency_policy="Forbid",
+        successful_jobs_history_limit=n.successful_jobs_history_limit,
+        failed_jobs_history_limit=n.failed_jobs_history_limit,
+        starting_deadline_seconds=n.starting_deadline_seconds,
+        entrypoint="nightly",
+        service_account_name=s.service_account,
+        arguments=run_arguments(s, n.model, n.dataset, n.overrides) + [
+            Parameter(name="compare", value=str(n.compare).lower()),
+            Parameter(name="baseline", value=n.baseline),
+        ],
+        volumes=volumes(s),
+        workflow_metadata=m.WorkflowMetadata(labels={**LABELS, "app.kubernetes.io/component": "nightly"}),
+    ) as cron:
+        with Steps(name="nightly", inputs=[Parameter(name=p) for p in (*RUN_INPUTS, "compare", "baseline")]):
+            Step(name="diagnostic", template_ref=m.TemplateRef(name=s.name, template="main"),
+                 arguments={p: _inp(p) for p in RUN_INPUTS})
+            compare(arguments={"image": _inp("image"), "baseline": _inp("baseline")},
+                    when="{{inputs.parameters.compare}} == true")
+    return cron
+
+
+def build_submission(s: ClusterSettings, model: str | None = None, dataset: str | None = None,
+                     overrides: str | None = None) -> Workflow:
+    """A Workflow that runs the installed WorkflowTemplate with these arguments."""
+    return Workflow(
+        generate_name=f"{s.name}-",
+        namespace=s.namespace,
+        labels=LABELS,
+        workflow_template_ref=m.WorkflowTemplateRef(name=s.name),
+        arguments=run_arguments(s, model or s.model, dataset or s.dataset,
+                                s.overrides if overrides is None else overrides),
+    )
+
+
+def build_all(s: ClusterSettings) -> dict[str, object]:
+    """The objects `influence-job render` writes, by file name."""
+    objects = {"workflowtemplate.yaml": build_workflow_template(s)}
+    if s.nightly.enabled:
+        objects["cronworkflow.yaml"] = build_cron_workflow(s)
+    return objects

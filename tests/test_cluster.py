@@ -1,0 +1,157 @@
+"""The cluster job's objects: Argo schema, Hera round trip, `hera generate yaml`, the Helm chart rendered by
+a real Helm engine, kubernetes-validate for core objects, hadolint for the Dockerfile."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from argo_schema import errors
+from hera.workflows import models as hm
+
+from influence_job.cli import main
+from influence_job.cluster.chart import CHART_DIR, generated_files
+from influence_job.cluster.settings import ClusterSettings, load_settings
+from influence_job.cluster.workflows import build_all, build_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S_VERSION = "1.33.0"
+CUSTOM_VALUES = {"gpus": 4, "gpuProduct": "NVIDIA-H100-80GB-HBM3", "nightly": {"schedule": "30 3 * * 1-5"},
+                 "image": "registry.local/influence-job:dev", "retryLimit": 4}
+HERA_MODELS = {"WorkflowTemplate": hm.WorkflowTemplate, "CronWorkflow": hm.CronWorkflow, "Workflow": hm.Workflow}
+
+
+def hera_docs(settings: ClusterSettings) -> list[dict]:
+    return [obj.to_dict() for obj in build_all(settings).values()]
+
+
+@pytest.mark.parametrize("settings", [ClusterSettings(), ClusterSettings(gpus=2, nightly={"compare": True})])
+def test_objects_validate_against_argo_schema_and_round_trip(settings):
+    docs = hera_docs(settings) + [build_submission(settings).to_dict()]
+    assert {d["kind"] for d in docs} == {"WorkflowTemplate", "CronWorkflow", "Workflow"}
+    for doc in docs:
+        assert errors(doc) == [], doc["kind"]
+        model = HERA_MODELS[doc["kind"]].model_validate(doc)
+        assert model.model_dump(by_alias=True, exclude_none=True) == doc
+
+
+def test_schema_patch_rejects_a_misspelled_key():
+    doc = hera_docs(ClusterSettings())[0]
+    doc["spec"]["templates"][0]["retryStrategi"] = doc["spec"]["templates"][0].pop("retryStrategy")
+    assert any("retryStrategi" in e for e in errors(doc))
+
+
+def test_workflow_template_shape():
+    wt = hera_docs(ClusterSettings())[0]
+    run = next(t for t in wt["spec"]["templates"] if t["name"] == "run")
+    assert run["container"]["resources"]["limits"]["nvidia.com/gpu"] == "{{inputs.parameters.gpus}}"
+    assert "torchrun --nproc-per-node \"$GPUS\"" in run["container"]["command"][2]
+    assert run["nodeSelector"] == {"nvidia.com/gpu.product": "{{inputs.parameters.gpu-product}}"}
+    assert run["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert run["retryStrategy"] == {"limit": 2, "retryPolicy": "OnError"}
+    assert run["sidecars"][0]["ports"][0]["containerPort"] == 9400
+    shm = next(v for v in wt["spec"]["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    args = {p["name"]: p["value"] for p in wt["spec"]["arguments"]["parameters"]}
+    assert args["gpus"] == "8" and args["gpu-product"] == "NVIDIA-H200"
+    publish = next(t for t in wt["spec"]["templates"] if t["name"] == "publish")
+    assert {p["globalName"] for p in publish["outputs"]["parameters"]} >= {
+        "rows-emitted", "validation-passed", "hinv-per-prompt-acc-acc-mean", "hessian-solve-seconds"}
+    main_steps = next(t for t in wt["spec"]["templates"] if t["name"] == "main")["steps"]
+    assert main_steps[0][0]["continueOn"] == {"failed": True} and main_steps[1][0]["name"] == "publish"
+    cron = hera_docs(ClusterSettings())[1]["spec"]
+    assert cron["schedules"] == ["0 2 * * *"] and cron["concurrencyPolicy"] == "Forbid"
+    assert cron["timezone"] == "UTC"
+
+
+def test_hera_generate_yaml_matches_render(tmp_path):
+    subprocess.run(["hera", "generate", "yaml", str(ROOT / "workflows"), "--to", str(tmp_path / "hera")],
+                   check=True, capture_output=True, timeout=120)
+    assert main(["render", "--out", str(tmp_path / "cli")]) == 0
+    generated = [d for f in sorted((tmp_path / "hera").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())]
+    rendered = [yaml.safe_load(f.read_text()) for f in sorted((tmp_path / "cli").glob("*.yaml"))]
+    key = lambda d: d["kind"]  # noqa: E731
+    assert sorted(generated, key=key) == sorted(rendered, key=key)
+
+
+def test_render_takes_values_and_overrides(tmp_path, capsys):
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(CUSTOM_VALUES))
+    assert main(["render", "--values", str(values), "--set", "nightly.timezone=Europe/Paris", "--out", "-"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    cron = next(d for d in docs if d["kind"] == "CronWorkflow")
+    assert cron["spec"]["timezone"] == "Europe/Paris" and cron["spec"]["schedules"] == ["30 3 * * 1-5"]
+    assert main(["render", "--set", "gpus=-1", "--out", "-"]) == 2
+    assert "gpus" in capsys.readouterr().err
+
+
+def test_committed_chart_files_are_generated_from_hera():
+    for rel, text in generated_files().items():
+        assert (CHART_DIR / rel).read_text() == text, f"{rel} is stale: run python -m influence_job.cluster.chart"
+
+
+def render_chart(values: dict, namespace: str = "ml-research") -> list[dict]:
+    chart = helm.Chart.load(CHART_DIR)
+    out = chart.render(values, name="influence", namespace=namespace)
+    return [d for path, text in sorted(out.items()) if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+
+
+@pytest.mark.parametrize("values", [{}, CUSTOM_VALUES], ids=["defaults", "custom"])
+def test_chart_argo_objects_equal_hera_objects(values, tmp_path):
+    docs = render_chart(values)
+    settings = load_settings(_write(tmp_path / "v.yaml", values)).model_copy(update={"namespace": "ml-research"})
+    argo = sorted((d for d in docs if d["apiVersion"].startswith("argoproj.io")), key=lambda d: d["kind"])
+    assert argo == sorted(hera_docs(settings), key=lambda d: d["kind"])
+    for doc in argo:
+        assert errors(doc) == []
+
+
+def _write(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_chart_core_objects_pass_kubernetes_validate_strict():
+    docs = render_chart({"podMonitor": {"enabled": True}})
+    core = [d for d in docs if not d["apiVersion"].startswith(("argoproj.io", "monitoring.coreos.com"))]
+    assert {d["kind"] for d in core} == {"ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim",
+                                         "ConfigMap"}
+    for doc in core:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    dashboard = next(d for d in core if d["metadata"]["name"] == "influence-job-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    monitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_chart_switches():
+    kinds = {d["kind"] for d in render_chart({"nightly": {"enabled": False}, "rbac": {"create": False},
+                                               "resultsVolume": {"create": False}, "dashboard": {"enabled": False}})}
+    assert kinds == {"WorkflowTemplate", "ConfigMap"}
+
+
+def test_chart_strict_lint_is_clean(tmp_path):
+    for values in ({}, CUSTOM_VALUES):
+        report = helm.lint(str(CHART_DIR), values, strict=True, kube_version=f"v{K8S_VERSION}")
+        assert report["messages"] == [] and report["errors"] == []
+
+
+@pytest.mark.parametrize("bad", [
+    {"gpus": -1}, {"gpus": 0}, {"nightly": {"schedule": "every night"}}, {"nightly": {"schedule": "0 2 * *"}},
+    {"gpuz": 8}, {"memory": "lots"}, {"imagePullPolicy": "Sometimes"},
+])
+def test_values_schema_rejects_invalid_values(bad):
+    chart = helm.Chart.load(CHART_DIR)
+    with pytest.raises(helm.HelmError):
+        chart.render(bad, name="influence", namespace="ml")
+
+
+def test_dockerfile_passes_hadolint():
+    proc = subprocess.run(["hadolint", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "USER 10001" in docker and 'ENTRYPOINT ["influence-job"]' in docker
