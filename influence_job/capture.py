@@ -189,7 +189,7 @@ def capture(
             n_positions += int(b.attention.sum())
             seconds.append(time.perf_counter() - t0)
             if progress:
-                progress(k + 1, len(batches))
+                progress(k + 1, len(batches), len(index), int(b.attention.sum()))
     finally:
         hooks.remove()
     rows = torch.cat(row_resp)

@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--run-set", dest="run_overrides", metavar="WORDS",
                         help="extra `--set KEY=VALUE` words for the run, e.g. \"--set projection.factor=16\"")
 
+    exporter = sub.add_parser("exporter", help="serve /metrics for a run's multiprocess metrics directory")
+    exporter.add_argument("--dir", type=Path, required=True, help="the prometheus-client multiprocess directory")
+    exporter.add_argument("--port", type=int, default=9400, help="listening port (default 9400)")
+    exporter.add_argument("--address", default="0.0.0.0", help="listening address (default all interfaces)")
+    exporter.add_argument("--grace-seconds", type=float, default=60.0,
+                          help="keep serving the final values this long after the job ends (default 60)")
+
     publish = sub.add_parser("publish", help="the workflow's publish step: outputs from a result directory")
     publish.add_argument("--results", type=Path, required=True, help="the run's output directory")
     publish.add_argument("--out", type=Path, required=True, help="directory for output-parameter files")
@@ -101,10 +108,9 @@ def _resolve(args):
     return load_config(args.config, overrides)
 
 
-def _idle_rank() -> bool:
+def _idle_rank(rank: int, world: int) -> bool:
     """Under torchrun, rank 0 computes the whole diagnostic on its own GPU until sharding across ranks
     exists; the other ranks say so and exit 0, so that a multi-GPU pod still yields one complete result."""
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and rank == 0:
         logging.getLogger("influence_job").warning(
             "launched with %d ranks: sharding across ranks is not implemented yet, rank 0 computes everything", world)
@@ -123,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("render", "submit"):
             return _cluster(args)
+        if args.command == "exporter":
+            from influence_job.exporter import serve
+
+            return serve(args.dir, args.port, args.address, args.grace_seconds)
         if args.command == "publish":
             from influence_job.cluster.publish import publish
 
@@ -134,17 +144,37 @@ def main(argv: list[str] | None = None) -> int:
                 print(dump_config(_resolve(args)), end="")
             return EXIT_OK
         cfg = _resolve(args)
-        if _idle_rank():
-            return EXIT_OK
-        from influence_job.pipeline import run_job  # heavy imports only when running
-        from influence_job.report import summary_lines
-
-        result = run_job(cfg)
+        return _run(cfg)
     except InputError as exc:
         print(f"influence-job: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    print("\n".join(summary_lines(result.results, cfg.output.dir)))
-    return EXIT_OK if result.results["validation"]["passed"] else EXIT_VALIDATION
+
+
+def _run(cfg) -> int:
+    """Run the job with live metrics; push the final summary when a Pushgateway is configured, whether
+    the run succeeded, failed validation or stopped on an error."""
+    import time
+
+    from influence_job.metrics import JobMetrics, push_summary
+    from influence_job.pipeline import run_job  # heavy imports only when running
+    from influence_job.report import summary_lines
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    metrics = JobMetrics(cfg.metrics.dir, rank, world)
+    if _idle_rank(rank, world):
+        metrics.sample_memory()
+        return EXIT_OK
+    t0, results = time.perf_counter(), None
+    try:
+        results = run_job(cfg, metrics=metrics).results
+    finally:
+        wall = time.perf_counter() - t0
+        metrics.finished(results, wall)
+        url = cfg.metrics.pushgateway or os.environ.get("INFLUENCE_PUSHGATEWAY")
+        if url:
+            push_summary(url, results, wall, cfg.metrics.job, cfg.metrics.instance)
+    print("\n".join(summary_lines(results, cfg.output.dir)))
+    return EXIT_OK if results["validation"]["passed"] else EXIT_VALIDATION
 
 
 if __name__ == "__main__":

@@ -155,6 +155,19 @@ class ValidationConfig(_Section):
     )
 
 
+class MetricsConfig(_Section):
+    dir: Path | None = Field(
+        None,
+        description="prometheus-client multiprocess directory shared with `influence-job exporter`; empty: "
+        "$PROMETHEUS_MULTIPROC_DIR, or no live metrics.",
+    )
+    pushgateway: str | None = Field(
+        None, description="Pushgateway URL for the final summary; empty: $INFLUENCE_PUSHGATEWAY, or no push."
+    )
+    job: str = Field("influence_job", min_length=1, description="Pushgateway grouping label 'job'.")
+    instance: str | None = Field(None, description="Pushgateway grouping label 'instance'; empty: the host name.")
+
+
 class OutputConfig(_Section):
     dir: Path = Field(Path("influence-output"), description="Directory the run writes (replaced atomically).")
 
@@ -181,6 +194,7 @@ class JobConfig(_Section):
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 

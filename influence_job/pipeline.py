@@ -20,8 +20,10 @@ from influence_job.data import Dataset, example_data_path, load_dataset
 from influence_job.diagnostics import module_curvature_similarity, offdiag_summary, unprojected_comparison
 from influence_job.engine import make_layout, process_module
 from influence_job.errors import InputError
+from influence_job.metrics import JobMetrics
 from influence_job.model import layer_index, load_model, open_model, select_modules
 from influence_job.outputs import check_writable, npz_bytes, results_json_bytes, write_output_dir
+from influence_job.progress import Progress
 from influence_job.report import render_report
 from influence_job.similarity import matrix_stats
 from influence_job.validation import run_checks
@@ -39,15 +41,22 @@ class RunResult:
 
 
 class _Phases:
-    def __init__(self):
+    """Times each phase, logs its start and end, and reports both to the live metrics."""
+
+    def __init__(self, metrics: JobMetrics | None):
         self.seconds: dict[str, float] = {}
+        self.metrics = metrics
 
     @contextmanager
     def __call__(self, name: str):
         log.info("[%s] ...", name)
+        if self.metrics:
+            self.metrics.phase_started(name, time.time())
         t0 = time.perf_counter()
         yield
         self.seconds[name] = time.perf_counter() - t0
+        if self.metrics:
+            self.metrics.phase_done(name, self.seconds[name])
         log.info("[%s] done in %.2f s", name, self.seconds[name])
 
 
@@ -94,19 +103,26 @@ def load_inputs(cfg: JobConfig, device: torch.device):
     return ds, model, selected, unprojected_name, source.name
 
 
-def capture_inputs(cfg: JobConfig, ds: Dataset, model, selected, unprojected_name, device):
+def capture_inputs(cfg: JobConfig, ds: Dataset, model, selected, unprojected_name, device,
+                   metrics: JobMetrics | None = None):
     """The capture phase: factors of every module, and the layout of responses, prompts and tokens."""
-    cap = capture(
-        model, selected, ds, cfg, device, unprojected_name,
-        progress=lambda k, n: log.info("[capture] micro-batch %d/%d", k, n),
-    )
+    bar = None
+
+    def progress(k: int, n: int, responses: int, tokens: int) -> None:
+        nonlocal bar
+        bar = bar or Progress("capture", n, "micro-batch")
+        bar.step(k, f"{tokens} tokens")
+        if metrics:
+            metrics.batch_done(responses, tokens)
+
+    cap = capture(model, selected, ds, cfg, device, unprojected_name, progress=progress)
     arrays = ds.arrays()
     return cap, make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
 
 
-def run_job(cfg: JobConfig, write: bool = True) -> RunResult:
+def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = None) -> RunResult:
     t_start = time.perf_counter()
-    phases = _Phases()
+    phases = _Phases(metrics)
     if write:
         check_writable(cfg.output.dir)
     device = resolve_device(cfg.compute.device)
@@ -115,7 +131,7 @@ def run_job(cfg: JobConfig, write: bool = True) -> RunResult:
     with phases("load"):
         ds, model, selected, unprojected_name, model_name = load_inputs(cfg, device)
     with phases("capture"):
-        cap, layout = capture_inputs(cfg, ds, model, selected, unprojected_name, device)
+        cap, layout = capture_inputs(cfg, ds, model, selected, unprojected_name, device, metrics)
     arrays = ds.arrays()
     N = ds.n
     raw = torch.zeros(N, N, dtype=torch.float64, device=device)
@@ -125,6 +141,7 @@ def run_job(cfg: JobConfig, write: bool = True) -> RunResult:
     fidelity, curv_sim = None, {}
     sim_layers = _similarity_layers(cfg, cap)
     with phases("curvature_solve"):
+        bar = Progress("curvature_solve", len(cap.modules), "module")
         for k, mf in enumerate(cap.modules):
             res = process_module(mf, layout, cfg)
             raw += res.raw
@@ -141,8 +158,9 @@ def run_job(cfg: JobConfig, write: bool = True) -> RunResult:
                 "hessian_peak_mb": mf.dims.hessian_peak_mb, "solver": res.route,
                 "damping": res.damping, "solve_seconds": res.seconds,
             })
-            log.info("[curvature_solve] module %d/%d %s D=%d %s %.3f s",
-                     k + 1, len(cap.modules), mf.name, mf.dims.D, res.route, res.seconds)
+            bar.step(k + 1, f"{mf.name} D={mf.dims.D} {res.route} {res.seconds:.3f} s")
+            if metrics:
+                metrics.module_done(mf.kind, res.route, res.seconds, k + 1, len(cap.modules))
             if mf.name == unprojected_name:
                 fidelity = unprojected_comparison(
                     mf.name, cap.unprojected, mf.G, mf.dims, arrays["prompt_index"], arrays["accepted"],

@@ -27,7 +27,8 @@ class NightlySettings(_Base):
     timezone: str = Field("UTC", description="Time zone of the schedule (IANA name).")
     model: str = Field("/data/models/qwen2.5-1.5b", description="Pinned model directory on the data volume.")
     dataset: str = Field("/data/datasets/nightly.jsonl", description="Pinned data set on the data volume.")
-    overrides: str = Field("", description="Extra `--set KEY=VALUE` words for the nightly run.")
+    overrides: str = Field("--set metrics.instance=influence-nightly",
+                           description="Extra `--set KEY=VALUE` words for the nightly run (its Pushgateway group).")
     compare: bool = Field(
         False, description="Run the compare-with-baseline step (`influence-job compare`) after the diagnostic."
     )
