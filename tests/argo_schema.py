@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
 import jsonschema
 
-SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "argo-workflows.schema.json"
+# The project's shared/ folder lies beside the checkout (CI lays a copy there); ARGO_SCHEMA may point elsewhere.
+SCHEMA = Path(os.environ.get("ARGO_SCHEMA") or
+              Path(__file__).resolve().parents[2] / "shared" / "schemas" / "argo-workflows.schema.json")
 KINDS = {
     "Workflow": "io.argoproj.workflow.v1alpha1.Workflow",
     "WorkflowTemplate": "io.argoproj.workflow.v1alpha1.WorkflowTemplate",
@@ -21,6 +24,8 @@ KINDS = {
 
 @lru_cache(maxsize=1)
 def _definitions() -> dict:
+    if not SCHEMA.is_file():
+        raise FileNotFoundError(f"Argo's schema is not at {SCHEMA}: check out beside shared/, or set ARGO_SCHEMA")
     schema = json.loads(SCHEMA.read_text())
     defs = copy.deepcopy(schema["definitions"])
     defs["io.k8s.apimachinery.pkg.util.intstr.IntOrString"] = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
