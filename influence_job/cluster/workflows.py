@@ -78,6 +78,11 @@ def _argo_metrics(prefix: str, extra: list[m.Prometheus] = ()) -> m.Metrics:
     ])
 
 
+def _small_resources() -> m.ResourceRequirements:
+    """Requests of the light containers (sidecar, publish, compare)."""
+    return m.ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"})
+
+
 def _run_template(s: ClusterSettings) -> Container:
     port = s.metrics_port
     sidecar = UserContainer(
@@ -87,8 +92,7 @@ def _run_template(s: ClusterSettings) -> Container:
         command=["influence-job", "exporter", "--dir", METRICS_DIR, "--port", str(port)],
         ports=[m.ContainerPort(container_port=port, name="metrics")],
         volume_mounts=[m.VolumeMount(name="metrics", mount_path=METRICS_DIR)],
-        resources=m.ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"},
-                                         limits={"memory": "1Gi"}),
+        resources=_small_resources(),
     )
     return Container(
         name="run",
@@ -139,7 +143,7 @@ def _publish_template(s: ClusterSettings) -> Container:
         command=["influence-job", "publish", "--results", RESULTS_DIR, "--out", OUTPUTS_DIR],
         inputs=[Parameter(name="image")],
         volume_mounts=[m.VolumeMount(name="results", mount_path="/results", read_only=True)],
-        resources=m.ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"}),
+        resources=_small_resources(),
         outputs=m.Outputs(
             parameters=[
                 m.Parameter(name=name, global_name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}"))
@@ -188,7 +192,7 @@ def build_cron_workflow(s: ClusterSettings) -> CronWorkflow:
         command=["influence-job", "compare", "--results", RESULTS_DIR, "--baseline", _inp("baseline")],
         inputs=[Parameter(name="image"), Parameter(name="baseline")],
         volume_mounts=[m.VolumeMount(name="results", mount_path="/results", read_only=True)],
-        resources=m.ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"}),
+        resources=_small_resources(),
         labels={**LABELS, "app.kubernetes.io/component": "compare"},
     )
     with CronWorkflow(
