@@ -192,13 +192,14 @@ def capture(
                 progress(k + 1, len(batches), len(index), int(b.attention.sum()))
     finally:
         hooks.remove()
-    rows = torch.cat(row_resp)
+    rows = torch.cat(row_resp) if row_resp else torch.empty(0, dtype=torch.long)  # a rank may hold no prompt
     order = torch.argsort(rows, stable=True)
     counts = torch.bincount(rows, minlength=n).numpy()
     modules = []
     for e in hooks.entries:
-        U = torch.cat(e["U"])[order.to(device)]
-        V = torch.cat(e["V"])[order.to(device)]
+        dims = e["dims"]
+        U = _rows(e["U"], dims.k_out, factor_dtype, device)[order.to(device)]
+        V = _rows(e["V"], dims.k_in, factor_dtype, device)[order.to(device)]
         e["U"], e["V"] = [], []  # free the per-batch pieces before the next module's copy
         if not torch.isfinite(e["G"]).all():
             bad = torch.nonzero(~torch.isfinite(e["G"]).all(-1)).flatten().tolist()
@@ -206,12 +207,12 @@ def capture(
                 _nonfinite_message(f"gradients of module {e['name']} for responses "
                                    f"{[ds.responses[i].response_id for i in bad[:5]]}")
             )
-        modules.append(ModuleFactors(e["name"], e["kind"], layer_index(e["name"]), e["dims"], e["G"], U, V))
+        modules.append(ModuleFactors(e["name"], e["kind"], layer_index(e["name"]), dims, e["G"], U, V))
     raw = next((e["raw"] for e in hooks.entries if e["raw"] is not None), None)
     return Capture(
         modules=modules,
         row_offsets=np.concatenate([[0], np.cumsum(counts)]),
-        row_token=torch.cat(row_token)[order],
+        row_token=(torch.cat(row_token) if row_token else torch.empty(0, dtype=torch.long))[order],
         entropy=entropy,
         log_prob=log_prob,
         n_positions=n_positions,
@@ -219,6 +220,10 @@ def capture(
         unprojected=raw,
         seconds_per_batch=seconds,
     )
+
+
+def _rows(pieces: list[torch.Tensor], width: int, dtype, device) -> torch.Tensor:
+    return torch.cat(pieces) if pieces else torch.empty(0, width, dtype=dtype, device=device)
 
 
 def _nonfinite_message(what: str) -> str:

@@ -2,7 +2,8 @@
 `publish` are the cluster job's commands (the Argo objects, a run on an Argo server, the publish step).
 
 Exit codes: 0 success, 1 a validation check failed (outputs are written and say which), 2 bad input
-or configuration (one paragraph naming the problem and the fix; no traceback).
+or configuration (one paragraph naming the problem and the fix; no traceback), 3 a collective across
+torchrun ranks failed (a rank died or timed out).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import sys
 from pathlib import Path
 
 from influence_job.config import dump_config, explain, load_config
-from influence_job.errors import InputError
+from influence_job.errors import DistributedError, InputError
 
-EXIT_OK, EXIT_VALIDATION, EXIT_INPUT = 0, 1, 2
+EXIT_OK, EXIT_VALIDATION, EXIT_INPUT, EXIT_DISTRIBUTED = 0, 1, 2, 3
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -108,18 +109,6 @@ def _resolve(args):
     return load_config(args.config, overrides)
 
 
-def _idle_rank(rank: int, world: int) -> bool:
-    """Under torchrun, rank 0 computes the whole diagnostic on its own GPU until sharding across ranks
-    exists; the other ranks say so and exit 0, so that a multi-GPU pod still yields one complete result."""
-    if world > 1 and rank == 0:
-        logging.getLogger("influence_job").warning(
-            "launched with %d ranks: sharding across ranks is not implemented yet, rank 0 computes everything", world)
-    elif world > 1:
-        logging.getLogger("influence_job").warning("rank %d of %d: idle (rank 0 computes the diagnostic)", rank, world)
-        return True
-    return False
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -148,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"influence-job: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except DistributedError as exc:
+        print(f"influence-job: error: {exc}", file=sys.stderr)
+        return EXIT_DISTRIBUTED
 
 
 def _run(cfg) -> int:
@@ -155,24 +147,27 @@ def _run(cfg) -> int:
     the run succeeded, failed validation or stopped on an error."""
     import time
 
+    from influence_job.distributed import init_comm
     from influence_job.metrics import JobMetrics, push_summary
     from influence_job.pipeline import run_job  # heavy imports only when running
     from influence_job.report import summary_lines
 
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    metrics = JobMetrics(cfg.metrics.dir, rank, world)
-    if _idle_rank(rank, world):
-        metrics.sample_memory()
-        return EXIT_OK
+    comm = init_comm(cfg.compute.device, cfg.compute.timeout_seconds)
+    metrics = JobMetrics(cfg.metrics.dir, comm.rank, comm.world)
     t0, results = time.perf_counter(), None
     try:
-        results = run_job(cfg, metrics=metrics).results
+        results = run_job(cfg, metrics=metrics, comm=comm).results
     finally:
         wall = time.perf_counter() - t0
-        metrics.finished(results, wall)
-        url = cfg.metrics.pushgateway or os.environ.get("INFLUENCE_PUSHGATEWAY")
-        if url:
-            push_summary(url, results, wall, cfg.metrics.job, cfg.metrics.instance)
+        metrics.sample_memory()
+        if comm.is_root:  # rank 0 holds the results and speaks for the run
+            metrics.finished(results, wall)
+            url = cfg.metrics.pushgateway or os.environ.get("INFLUENCE_PUSHGATEWAY")
+            if url:
+                push_summary(url, results, wall, cfg.metrics.job, cfg.metrics.instance)
+        comm.close()
+    if not comm.is_root:
+        return EXIT_OK
     print("\n".join(summary_lines(results, cfg.output.dir)))
     return EXIT_OK if results["validation"]["passed"] else EXIT_VALIDATION
 

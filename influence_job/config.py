@@ -144,6 +144,11 @@ class ComputeConfig(_Section):
         "float64", description="Dtype of dense token Gram products G_tok^T G_tok (factorisation is float64)."
     )
     token_chunk: int = Field(4096, ge=1, description="Token rows per chunk when building dense Grams.")
+    timeout_seconds: float = Field(
+        1800, gt=0,
+        description="Under torchrun: how long a collective may wait for the other ranks before the run "
+        "stops with an error naming the rank and the step (a dead rank never hangs the others).",
+    )
 
 
 class ValidationConfig(_Section):

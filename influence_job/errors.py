@@ -3,3 +3,7 @@
 
 class InputError(Exception):
     """Bad input, configuration or environment: the message names the problem and the fix."""
+
+
+class DistributedError(Exception):
+    """A collective across ranks failed (a peer died or timed out): the message names the rank and step."""

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 import influence_job
-from influence_job.capture import capture
+from influence_job.capture import Capture, ModuleFactors, capture
 from influence_job.config import JobConfig
 from influence_job.data import Dataset, example_data_path, load_dataset
 from influence_job.diagnostics import module_curvature_similarity, offdiag_summary, unprojected_comparison
+from influence_job.distributed import Comm, assign_modules, module_cost, shard_prompts
 from influence_job.engine import make_layout, process_module
 from influence_job.errors import InputError
 from influence_job.metrics import JobMetrics
@@ -105,7 +106,13 @@ def load_inputs(cfg: JobConfig, device: torch.device):
 
 def capture_inputs(cfg: JobConfig, ds: Dataset, model, selected, unprojected_name, device,
                    metrics: JobMetrics | None = None):
-    """The capture phase: factors of every module, and the layout of responses, prompts and tokens."""
+    """The capture phase (one process): factors of every module, and the layout of responses and tokens."""
+    cap = _capture(cfg, ds, model, selected, unprojected_name, device, metrics)
+    arrays = ds.arrays()
+    return cap, make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
+
+
+def _capture(cfg, ds, model, selected, unprojected_name, device, metrics):
     bar = None
 
     def progress(k: int, n: int, responses: int, tokens: int) -> None:
@@ -115,60 +122,126 @@ def capture_inputs(cfg: JobConfig, ds: Dataset, model, selected, unprojected_nam
         if metrics:
             metrics.batch_done(responses, tokens)
 
-    cap = capture(model, selected, ds, cfg, device, unprojected_name, progress=progress)
-    arrays = ds.arrays()
-    return cap, make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
+    return capture(model, selected, ds, cfg, device, unprojected_name, progress=progress)
 
 
-def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = None) -> RunResult:
+def _local_shard(ds: Dataset, comm: Comm) -> Dataset:
+    """This rank's whole prompts (contiguous, balanced by tokens); prompt indices stay global."""
+    tokens = np.zeros(len(ds.prompt_ids), dtype=np.int64)
+    for r in ds.responses:
+        tokens[r.prompt_index] += r.length
+    start, stop = shard_prompts(tokens.tolist(), comm.world)[comm.rank]
+    return Dataset(ds.prompt_ids, [r for r in ds.responses if start <= r.prompt_index < stop])
+
+
+def _merge_metadata(local: Capture, comm: Comm) -> tuple[Capture, list[int], list[int]]:
+    """Every rank's per-response metadata, concatenated in rank (= input) order, on every rank; with the
+    response and token-row counts of each rank."""
+    meta = comm.all_gather_object({
+        "rows_per_response": np.diff(local.row_offsets),
+        "row_token": local.row_token.cpu().numpy(),
+        "entropy": local.entropy,
+        "log_prob": local.log_prob,
+        "n_positions": local.n_positions,
+    }, "exchange per-response metadata")
+    per_response = np.concatenate([m["rows_per_response"] for m in meta])
+    merged = Capture(
+        modules=[],
+        row_offsets=np.concatenate([[0], np.cumsum(per_response)]),
+        row_token=torch.as_tensor(np.concatenate([m["row_token"] for m in meta])),
+        entropy=[e for m in meta for e in m["entropy"]],
+        log_prob=np.concatenate([m["log_prob"] for m in meta]),
+        n_positions=sum(m["n_positions"] for m in meta),
+        unprojected_name=local.unprojected_name,
+    )
+    return merged, [len(m["log_prob"]) for m in meta], [int(m["rows_per_response"].sum()) for m in meta]
+
+
+def _exchange_modules(local: Capture, owners: list[int], n_resp: list[int], n_rows: list[int], comm: Comm):
+    """Each module's G, U, V (and the exact gradients of the comparison module) onto its owner rank."""
+    owned: list[tuple[int, ModuleFactors, torch.Tensor | None]] = []
+    for i, mf in enumerate(local.modules):
+        what = f"gather module {mf.name}"
+        G = comm.gather_rows(mf.G, n_resp, owners[i], what)
+        U = comm.gather_rows(mf.U, n_rows, owners[i], what)
+        V = comm.gather_rows(mf.V, n_rows, owners[i], what)
+        exact = None
+        if mf.name == local.unprojected_name:
+            exact = comm.gather_rows(local.unprojected, n_resp, owners[i], what)
+        if comm.rank == owners[i]:
+            owned.append((i, ModuleFactors(mf.name, mf.kind, mf.layer, mf.dims, G, U, V), exact))
+        local.modules[i] = None  # this rank's share has been sent
+    return owned
+
+
+def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = None,
+            comm: Comm | None = None) -> RunResult:
+    """The whole job. With several ranks every rank calls it; rank 0 returns the results and writes them,
+    the others return ``results=None``."""
     t_start = time.perf_counter()
     phases = _Phases(metrics)
-    if write:
+    comm = comm or Comm(device=resolve_device(cfg.compute.device))
+    device = comm.device
+    if write and comm.is_root:
         check_writable(cfg.output.dir)
-    device = resolve_device(cfg.compute.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with phases("load"):
         ds, model, selected, unprojected_name, model_name = load_inputs(cfg, device)
     with phases("capture"):
-        cap, layout = capture_inputs(cfg, ds, model, selected, unprojected_name, device, metrics)
+        local = _capture(cfg, _local_shard(ds, comm), model, selected, unprojected_name, device, metrics)
+    del model
     arrays = ds.arrays()
     N = ds.n
+    with phases("exchange"):
+        cap, n_resp, n_rows = _merge_metadata(local, comm)
+        layout = make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
+        costs = [module_cost(mf.dims, len(cap.row_token), N, len(ds.prompt_ids), cfg) for mf in local.modules]
+        owners = assign_modules(costs, comm.world)
+        module_names = [mf.name for mf in local.modules]
+        module_layers = [mf.layer for mf in local.modules]
+        owned = _exchange_modules(local, owners, n_resp, n_rows, comm)
     raw = torch.zeros(N, N, dtype=torch.float64, device=device)
     hinv = torch.zeros_like(raw)
     scores = torch.zeros(int(layout.token_offsets[-1]), dtype=torch.float64, device=device)
-    modules_out, failed, n_factor = [], [], 0
-    fidelity, curv_sim = None, {}
-    sim_layers = _similarity_layers(cfg, cap)
+    records, curv_sim, fidelity = {}, [], None
+    sim_layers = _similarity_layers(cfg, module_layers)
     with phases("curvature_solve"):
-        bar = Progress("curvature_solve", len(cap.modules), "module")
-        for k, mf in enumerate(cap.modules):
+        bar = Progress("curvature_solve", len(owned), "module")
+        for k, (i, mf, exact) in enumerate(owned):
             res = process_module(mf, layout, cfg)
             raw += res.raw
             hinv += res.hinv
             if res.scores is not None:
                 scores += res.scores
-            n_factor += res.factorisations
-            if res.failed:
-                failed.append(f"{mf.name} ({res.failed})")
-            modules_out.append({
-                "name": mf.name, "kind": mf.kind, "layer": mf.layer,
-                "in_features": mf.dims.d_in, "out_features": mf.dims.d_out,
-                "k_in": mf.dims.k_in, "k_out": mf.dims.k_out, "D": mf.dims.D,
-                "hessian_peak_mb": mf.dims.hessian_peak_mb, "solver": res.route,
-                "damping": res.damping, "solve_seconds": res.seconds,
-            })
+            records[i] = _module_record(mf, res)
             bar.step(k + 1, f"{mf.name} D={mf.dims.D} {res.route} {res.seconds:.3f} s")
             if metrics:
-                metrics.module_done(mf.kind, res.route, res.seconds, k + 1, len(cap.modules))
-            if mf.name == unprojected_name:
+                metrics.module_done(mf.kind, res.route, res.seconds, k + 1, len(module_names))
+            if exact is not None:
                 fidelity = unprojected_comparison(
-                    mf.name, cap.unprojected, mf.G, mf.dims, arrays["prompt_index"], arrays["accepted"],
+                    mf.name, exact, mf.G, mf.dims, arrays["prompt_index"], arrays["accepted"],
                     cfg.validation.fidelity_sigma, cfg.projection.kind,
                 )
             if cfg.diagnostics.curvature_similarity and mf.layer in sim_layers and len(layout.prompt_bounds) > 1:
-                curv_sim.setdefault(mf.kind, []).append(module_curvature_similarity(mf, layout, cfg))
+                curv_sim.append((i, mf.kind, module_curvature_similarity(mf, layout, cfg)))
             mf.U = mf.V = None  # this module's per-position factors are no longer needed
+    with phases("reduce"):
+        comm.sum_to_root(raw, "sum RAW")
+        comm.sum_to_root(hinv, "sum HINV")
+        comm.sum_to_root(scores, "sum token scores")
+        peak_gpu = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
+        gathered = comm.gather_object(
+            {"records": records, "curv_sim": curv_sim, "fidelity": fidelity, "peak_gpu": peak_gpu,
+             "peak_host": _peak_host()}, "gather module results")
+    if not comm.is_root:
+        return RunResult(results=None, raw=None, hinv=None, rows={}, phase_seconds=phases.seconds)
+    records = {i: r for g in gathered for i, r in g["records"].items()}
+    modules_out = [records[i] for i in range(len(module_names))]
+    fidelity = next((g["fidelity"] for g in gathered if g["fidelity"] is not None), None)
+    curv_by_kind: dict[str, list] = {}
+    for _, kind, mats in sorted((c for g in gathered for c in g["curv_sim"]), key=lambda c: c[0]):
+        curv_by_kind.setdefault(kind, []).append(mats)
     with phases("statistics"):
         raw_np, hinv_np = raw.cpu().numpy(), hinv.cpu().numpy()
         similarity = {
@@ -183,12 +256,13 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
                 "spectrum_cos": offdiag_summary(np.mean([m["spectrum"] for m in mats], axis=0)),
                 "frobenius_cos_matrix": np.mean([m["frobenius"] for m in mats], axis=0),
             }
-            for kind, mats in curv_sim.items()
+            for kind, mats in curv_by_kind.items()
         }
     skipped_tokens = np.repeat(rows["skipped"], np.diff(rows["token_offsets"]))
+    failed = [f"{m['name']} ({m['failed_factorisations']})" for m in modules_out if m["failed_factorisations"]]
     validation = run_checks(
         N, len(rows["response_index"]), raw_np, hinv_np, rows["scores"], rows["entropy"], skipped_tokens,
-        failed, n_factor, fidelity, cfg.curvature.scope,
+        failed, sum(m["factorisations"] for m in modules_out), fidelity, cfg.curvature.scope,
     )
     results = {
         "n_responses": N,
@@ -212,10 +286,16 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
         "curvature_similarity": curvature_similarity,
         "validation": validation,
         "config": cfg.model_dump(mode="json"),
-        "environment": _environment(device),
+        "environment": _environment(device, comm.world),
     }
     # Measured before writing: the write phase is in the log but not in results.json.
-    results["performance"] = _performance(phases.seconds, modules_out, device, t_start)
+    results["performance"] = {
+        "wall_seconds": time.perf_counter() - t_start,
+        "phase_seconds": dict(phases.seconds),
+        "hessian_solve_seconds": sum(m["solve_seconds"] for m in modules_out),  # summed over ranks' work
+        "peak_gpu_mem_bytes": max(g["peak_gpu"] for g in gathered),  # the largest rank's peak
+        "peak_host_mem_bytes": max(g["peak_host"] for g in gathered),
+    }
     if write:
         with phases("write"):
             write_output_dir(cfg.output.dir, {
@@ -231,8 +311,8 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
     return RunResult(results=results, raw=raw_np, hinv=hinv_np, rows=rows, phase_seconds=phases.seconds)
 
 
-def _similarity_layers(cfg: JobConfig, cap) -> set:
-    layers = {m.layer for m in cap.modules}
+def _similarity_layers(cfg: JobConfig, module_layers: list) -> set:
+    layers = set(module_layers)
     if cfg.diagnostics.curvature_similarity_layers == "all" or None in layers:
         return layers
     return {(max(layers) + 1) // 2}
@@ -270,7 +350,7 @@ def _influence_rows(ds: Dataset, cap, layout, scores: np.ndarray, enabled: bool)
     }
 
 
-def _environment(device: torch.device) -> dict:
+def _environment(device: torch.device, world_size: int) -> dict:
     import transformers
 
     return {
@@ -282,15 +362,20 @@ def _environment(device: torch.device) -> dict:
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
         "host": platform.node(),
-        "world_size": 1,
+        "world_size": world_size,
     }
 
 
-def _performance(phase_seconds: dict, modules: list[dict], device, t_start: float) -> dict:
+def _module_record(mf: ModuleFactors, res) -> dict:
     return {
-        "wall_seconds": time.perf_counter() - t_start,
-        "phase_seconds": dict(phase_seconds),
-        "hessian_solve_seconds": sum(m["solve_seconds"] for m in modules),
-        "peak_gpu_mem_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0,
-        "peak_host_mem_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "name": mf.name, "kind": mf.kind, "layer": mf.layer,
+        "in_features": mf.dims.d_in, "out_features": mf.dims.d_out,
+        "k_in": mf.dims.k_in, "k_out": mf.dims.k_out, "D": mf.dims.D,
+        "hessian_peak_mb": mf.dims.hessian_peak_mb, "solver": res.route,
+        "damping": res.damping, "solve_seconds": res.seconds,
+        "factorisations": res.factorisations, "failed_factorisations": res.failed,
     }
+
+
+def _peak_host() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -66,7 +66,7 @@ def value(result: list[dict]) -> float:
 def test_live_series_arrive_with_plausible_values(observed_run):
     prom, results = observed_run["prometheus"], observed_run["results"]
     n_modules = len(results["modules"])
-    wait_for(prom, "influence_job_modules_done", lambda r: value(r) == n_modules)
+    wait_for(prom, "sum(influence_job_modules_done)", lambda r: value(r) == n_modules)  # over both ranks
     assert value(query(prom, "influence_job_modules")) == n_modules
     world = query(prom, "influence_job_world_size")
     assert sorted(s["metric"]["rank"] for s in world) == ["0", "1"]  # both processes wrote

@@ -1,0 +1,147 @@
+"""Running across ranks (torchrun): prompts sharded whole, module curvature work owned by one rank each.
+
+The plan per run: every rank captures the factors of its own prompts (contiguous blocks of prompts,
+balanced by token count, so concatenating ranks in order gives input order); the small per-response
+metadata is all-gathered; each module's G, U, V are gathered to the rank that owns the module (owners
+chosen by estimated cost, largest first, onto the least-loaded rank); owners run the single-process
+engine on their modules in parallel; the N×N matrices and the token scores are summed onto rank 0,
+which writes the outputs. ``Comm`` is the identity for one process, so there is a single code path.
+
+Every collective runs under the process group's timeout; a failure or a dead peer becomes a
+``DistributedError`` naming the rank and the step, never a hang.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from influence_job.curvature import route_costs
+from influence_job.errors import DistributedError
+
+
+class Comm:
+    """Collectives over the default process group; with one process every operation is the identity."""
+
+    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | None = None):
+        self.rank, self.world, self.device = rank, world, device or torch.device("cpu")
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    @contextmanager
+    def step(self, what: str):
+        """Names the step in the error when a collective fails (dead peer, timeout, backend error)."""
+        try:
+            yield
+        except (RuntimeError, dist.DistBackendError, ConnectionError) as exc:
+            raise DistributedError(
+                f"rank {self.rank} of {self.world}: the collective step '{what}' failed ({str(exc).strip()[:300]}). "
+                "Another rank stopped or did not answer within compute.timeout_seconds; see that rank's error."
+            ) from None
+
+    def all_gather_object(self, obj, what: str) -> list:
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        with self.step(what):
+            dist.all_gather_object(out, obj)
+        return out
+
+    def gather_object(self, obj, what: str) -> list | None:
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world if self.is_root else None
+        with self.step(what):
+            dist.gather_object(obj, out, dst=0)
+        return out
+
+    def gather_rows(self, tensor: torch.Tensor, sizes: list[int], dst: int, what: str) -> torch.Tensor | None:
+        """Concatenation, in rank order, of every rank's rows, on ``dst`` (None elsewhere).
+
+        ``sizes`` are the row counts of all ranks (known everywhere from the metadata); tensors are padded
+        to the largest so that the backend's fixed-shape gather applies.
+        """
+        if self.world == 1:
+            return tensor
+        width = max(sizes)
+        padded = torch.zeros((width, *tensor.shape[1:]), dtype=tensor.dtype, device=self.device)
+        padded[: tensor.shape[0]] = tensor.to(self.device)
+        parts = [torch.empty_like(padded) for _ in range(self.world)] if self.rank == dst else None
+        with self.step(what):
+            dist.gather(padded, parts, dst=dst)
+        if self.rank != dst:
+            return None
+        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+    def sum_to_root(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
+        if self.world > 1:
+            with self.step(what):
+                dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_comm(device_setting: str, timeout_seconds: float) -> Comm:
+    """One Comm per process: from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), else single."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        backend = "nccl" if use_cuda else "gloo"
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds),
+                                    **({"device_id": device} if use_cuda else {}))
+        except (RuntimeError, ValueError, dist.DistStoreError) as exc:
+            raise DistributedError(
+                f"rank {rank} of {world}: the process group did not form ({str(exc).strip()[:300]}). Start all "
+                "ranks with torchrun, and check MASTER_ADDR/MASTER_PORT and compute.timeout_seconds."
+            ) from None
+    return Comm(rank, world, device)
+
+
+def shard_prompts(prompt_tokens: list[int], world: int) -> list[tuple[int, int]]:
+    """Contiguous prompt ranges [start, stop), one per rank, with token totals as even as whole prompts
+    allow (a rank gets none when there are fewer prompts than ranks)."""
+    cum = np.concatenate([[0], np.cumsum(prompt_tokens)])
+    cuts = [0]
+    for r in range(1, world):
+        cuts.append(max(cuts[-1], int(np.argmin(np.abs(cum - cum[-1] * r / world)))))
+    cuts.append(len(prompt_tokens))
+    return [(cuts[r], cuts[r + 1]) for r in range(world)]
+
+
+def assign_modules(costs: list[float], world: int) -> list[int]:
+    """Owner rank of each module: largest cost first, onto the rank with the least assigned cost."""
+    load = [0.0] * world
+    owner = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
+        r = min(range(world), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += costs[i]
+    return owner
+
+
+def module_cost(dims, n_rows: int, n_responses: int, n_prompts: int, cfg) -> float:
+    """Estimated flops of a module's curvature+solve (the cheaper exact route), used to balance owners."""
+    D = dims.D
+    rows = n_rows if cfg.curvature.source == "token" else n_responses
+    row_dim = dims.k_in + dims.k_out if cfg.curvature.source == "token" else D
+    total = min(route_costs(rows, D, row_dim, n_responses).values())
+    if cfg.curvature.scope == "per_prompt" or cfg.influence.enabled:
+        per = max(1, rows // max(1, n_prompts))
+        total += n_prompts * min(route_costs(per, D, row_dim, n_responses).values())
+    return total
