@@ -1,0 +1,104 @@
+"""The default diagnostic end to end on a Qwen2.5-1.5B-shaped random-weight model (the GPU benchmark of
+issue 5), or on tiny-qwen2 with --small (CPU, CI-sized).
+
+Data: synthetic pre-tokenised groups (12 prompts × 8 responses × ~1,024 tokens by default), half of each
+prompt's responses accepted. Runs the default diagnostic (token curvature, global scope) and the
+response-source diagnostic, and prints wall time by phase, curvature+solve time, capture throughput
+(tokens/s through forward+backward with projection), peak GPU and host memory, each beside the
+original system's figure or the issue's target. Nothing is asserted.
+Run: python bench/default_diagnostic.py [--small] [--device cuda] [--model-dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from influence_job.config import JobConfig
+from influence_job.model import builtin_config
+from influence_job.pipeline import run_job
+
+ORIGINAL = {"wall": 3674.0, "solve": 990.0, "gpu_gb": 142.0, "host_gb": 774.0}
+
+
+def synthetic_data(path: Path, vocab: int, prompts: int, responses: int, tokens: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as fh:
+        for p in range(prompts):
+            prompt_len = int(tokens * 0.15)
+            group = {"prompt_id": f"p{p}", "prompt_token_ids": rng.integers(0, vocab, prompt_len).tolist(),
+                     "responses": []}
+            for r in range(responses):
+                n = max(1, int(tokens * rng.uniform(0.6, 0.85)))
+                group["responses"].append({"response_token_ids": rng.integers(0, vocab, n).tolist(),
+                                           "reward": 1.0 if r % 2 == 0 else -1.0})
+            fh.write(json.dumps(group) + "\n")
+    return path
+
+
+def run(model: str, data: Path, device: str, dtype: str, source: str, out: Path) -> dict:
+    cfg = JobConfig.model_validate({
+        "model": {"builtin": model, "dtype": dtype},
+        "data": {"path": str(data)},
+        "curvature": {"source": source},
+        "compute": {"device": device, "gram_dtype": "tf32" if device == "cuda" else "float64"},
+        "output": {"dir": str(out)},
+    })
+    return run_job(cfg, write=False).results
+
+
+def report(label: str, r: dict, full_size: bool) -> None:
+    perf = r["performance"]
+    phases = ", ".join(f"{k} {v:.2f} s" for k, v in perf["phase_seconds"].items())
+    tokens_per_s = r["n_positions"] / perf["phase_seconds"]["capture"]
+    print(f"[{label}] {r['n_responses']} responses, {r['n_positions']:,} positions, {len(r['modules'])} modules; "
+          f"validation {'passed' if r['validation']['passed'] else 'FAILED'}")
+    print(f"[{label}] wall {perf['wall_seconds']:.2f} s ({phases})")
+    print(f"[{label}] curvature+solve {perf['phase_seconds']['curvature_solve']:.3f} s "
+          f"(sum over modules {perf['hessian_solve_seconds']:.3f} s); capture {tokens_per_s:,.0f} tokens/s")
+    print(f"[{label}] peak GPU {perf['peak_gpu_mem_bytes'] / 1e9:.2f} GB, "
+          f"host {perf['peak_host_mem_bytes'] / 1e9:.2f} GB")
+    if full_size:  # the original's figures are for the 1.5B model: no ratio for the tiny CPU run
+        print(f"[{label}] vs original system (one step on 8×H200): wall "
+              f"{ORIGINAL['wall'] / perf['wall_seconds']:.0f}x less, curvature+solve "
+              f"{ORIGINAL['solve'] / max(perf['phase_seconds']['curvature_solve'], 1e-9):.0f}x less")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="tiny-qwen2, 4 prompts × 4 responses × 64 tokens (CPU)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model-dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
+    ap.add_argument("--prompts", type=int, default=12)
+    ap.add_argument("--responses", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=1024)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    model = "tiny-qwen2" if args.small else "qwen2.5-1.5b-random"
+    prompts, responses, tokens = (4, 4, 64) if args.small else (args.prompts, args.responses, args.tokens)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-default-"))
+    data = synthetic_data(tmp / "data.jsonl", builtin_config(model).vocab_size, prompts, responses, tokens)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"model {model} ({args.model_dtype}) on {device_name}; torch {torch.__version__}; "
+          f"{prompts} prompts × {responses} responses × ~{tokens} tokens")
+    token = run(model, data, args.device, args.model_dtype, "token", tmp / "token")
+    report("token source, global scope (default)", token, not args.small)
+    response = run(model, data, args.device, args.model_dtype, "response", tmp / "response")
+    report("response source", response, not args.small)
+    scope = " (not applicable to --small)" if args.small else ""
+    tp, rp = token["performance"], response["performance"]
+    print(f"targets (for the 1.5B model on one H200/H100){scope}: wall ≤ 60 s: {tp['wall_seconds']:.1f} s; "
+          f"curvature+solve ≤ 15 s (token) / ≤ 1 s (response): {tp['phase_seconds']['curvature_solve']:.2f} s / "
+          f"{rp['phase_seconds']['curvature_solve']:.2f} s; "
+          f"peak host ≤ 32 GB: {tp['peak_host_mem_bytes'] / 1e9:.1f} GB; "
+          f"peak GPU ≤ 70 GB: {tp['peak_gpu_mem_bytes'] / 1e9:.1f} GB")
+
+
+if __name__ == "__main__":
+    main()
