@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from influence_job.curvature import route_costs
-from influence_job.errors import DistributedError
+from influence_job.errors import DistributedError, InputError
 
 
 class Comm:
@@ -96,6 +96,8 @@ def init_comm(device_setting: str, timeout_seconds: float) -> Comm:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_setting == "cuda" and not torch.cuda.is_available():
+        raise InputError("compute.device is cuda but no CUDA device is visible. Use compute.device: auto or cpu.")
     use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:

@@ -18,7 +18,7 @@ from influence_job.capture import Capture, ModuleFactors, capture
 from influence_job.config import JobConfig
 from influence_job.data import Dataset, example_data_path, load_dataset
 from influence_job.diagnostics import module_curvature_similarity, offdiag_summary, unprojected_comparison
-from influence_job.distributed import Comm, assign_modules, module_cost, shard_prompts
+from influence_job.distributed import Comm, assign_modules, init_comm, module_cost, shard_prompts
 from influence_job.engine import make_layout, process_module
 from influence_job.errors import InputError
 from influence_job.metrics import JobMetrics
@@ -59,14 +59,6 @@ class _Phases:
         if self.metrics:
             self.metrics.phase_done(name, self.seconds[name])
         log.info("[%s] done in %.2f s", name, self.seconds[name])
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise InputError("compute.device is cuda but no CUDA device is visible. Use compute.device: auto or cpu.")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 def choose_unprojected(setting: str | None, names: list[str]) -> str | None:
@@ -180,7 +172,7 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
     the others return ``results=None``."""
     t_start = time.perf_counter()
     phases = _Phases(metrics)
-    comm = comm or Comm(device=resolve_device(cfg.compute.device))
+    comm = comm or init_comm(cfg.compute.device, cfg.compute.timeout_seconds)
     device = comm.device
     if write and comm.is_root:
         check_writable(cfg.output.dir)

@@ -141,3 +141,12 @@ def test_unreadable_config_file(capsys, tmp_path):
     expect_error(capsys, ["--config", str(tmp_path / "missing.yaml")], "cannot read configuration")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     expect_error(capsys, ["--config", str(tmp_path / "list.yaml")], "must be a YAML mapping")
+
+
+def test_cuda_requested_without_a_gpu(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a visible GPU")
+    expect_error(capsys, ["--set", "compute.device=cuda", "--output", str(tmp_path / "o")], "no CUDA device")
