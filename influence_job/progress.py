@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 
 log = logging.getLogger("influence_job")
@@ -15,7 +16,8 @@ class Progress:
         if sys.stderr.isatty() and log.isEnabledFor(logging.INFO):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=phase, unit=unit, file=sys.stderr, leave=True)
+            width = shutil.get_terminal_size((100, 20)).columns or 100  # some pseudo-terminals report 0
+            self.bar = tqdm(total=total, desc=phase, unit=unit, file=sys.stderr, leave=True, ncols=min(width, 120))
 
     def step(self, done: int, detail: str = "") -> None:
         if self.bar is not None:
