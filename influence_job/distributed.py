@@ -21,7 +21,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from influence_job.capture import Capture, ModuleFactors
 from influence_job.curvature import route_costs
+from influence_job.data import Dataset
 from influence_job.errors import DistributedError, InputError
 
 
@@ -147,3 +149,52 @@ def module_cost(dims, n_rows: int, n_responses: int, n_prompts: int, cfg) -> flo
         per = max(1, rows // max(1, n_prompts))
         total += n_prompts * min(route_costs(per, D, row_dim, n_responses).values())
     return total
+
+
+def local_shard(ds: Dataset, comm: Comm) -> Dataset:
+    """This rank's whole prompts (contiguous, balanced by tokens); prompt indices stay global."""
+    tokens = np.zeros(len(ds.prompt_ids), dtype=np.int64)
+    for r in ds.responses:
+        tokens[r.prompt_index] += r.length
+    start, stop = shard_prompts(tokens.tolist(), comm.world)[comm.rank]
+    return Dataset(ds.prompt_ids, [r for r in ds.responses if start <= r.prompt_index < stop])
+
+
+def merge_metadata(local: Capture, comm: Comm) -> tuple[Capture, list[int], list[int]]:
+    """Every rank's per-response metadata, concatenated in rank (= input) order, on every rank; with the
+    response and token-row counts of each rank."""
+    meta = comm.all_gather_object({
+        "rows_per_response": np.diff(local.row_offsets),
+        "row_token": local.row_token.cpu().numpy(),
+        "entropy": local.entropy,
+        "log_prob": local.log_prob,
+        "n_positions": local.n_positions,
+    }, "exchange per-response metadata")
+    per_response = np.concatenate([m["rows_per_response"] for m in meta])
+    merged = Capture(
+        modules=[],
+        row_offsets=np.concatenate([[0], np.cumsum(per_response)]),
+        row_token=torch.as_tensor(np.concatenate([m["row_token"] for m in meta])),
+        entropy=[e for m in meta for e in m["entropy"]],
+        log_prob=np.concatenate([m["log_prob"] for m in meta]),
+        n_positions=sum(m["n_positions"] for m in meta),
+        unprojected_name=local.unprojected_name,
+    )
+    return merged, [len(m["log_prob"]) for m in meta], [int(m["rows_per_response"].sum()) for m in meta]
+
+
+def exchange_modules(local: Capture, owners: list[int], n_resp: list[int], n_rows: list[int], comm: Comm):
+    """Each module's G, U, V (and the exact gradients of the comparison module) onto its owner rank."""
+    owned: list[tuple[int, ModuleFactors, torch.Tensor | None]] = []
+    for i, mf in enumerate(local.modules):
+        what = f"gather module {mf.name}"
+        G = comm.gather_rows(mf.G, n_resp, owners[i], what)
+        U = comm.gather_rows(mf.U, n_rows, owners[i], what)
+        V = comm.gather_rows(mf.V, n_rows, owners[i], what)
+        exact = None
+        if mf.name == local.unprojected_name:
+            exact = comm.gather_rows(local.unprojected, n_resp, owners[i], what)
+        if comm.rank == owners[i]:
+            owned.append((i, ModuleFactors(mf.name, mf.kind, mf.layer, mf.dims, G, U, V), exact))
+        local.modules[i] = None  # this rank's share has been sent
+    return owned

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import resource
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,14 +13,22 @@ import numpy as np
 import torch
 
 import influence_job
-from influence_job.capture import Capture, ModuleFactors, capture
+from influence_job.capture import ModuleFactors, capture
 from influence_job.config import JobConfig
 from influence_job.data import Dataset, example_data_path, load_dataset
 from influence_job.diagnostics import module_curvature_similarity, offdiag_summary, unprojected_comparison
-from influence_job.distributed import Comm, assign_modules, init_comm, module_cost, shard_prompts
+from influence_job.distributed import (
+    Comm,
+    assign_modules,
+    exchange_modules,
+    init_comm,
+    local_shard,
+    merge_metadata,
+    module_cost,
+)
 from influence_job.engine import make_layout, process_module
 from influence_job.errors import InputError
-from influence_job.metrics import JobMetrics
+from influence_job.metrics import JobMetrics, host_peak_rss_bytes
 from influence_job.model import layer_index, load_model, open_model, select_modules
 from influence_job.outputs import check_writable, npz_bytes, results_json_bytes, write_output_dir
 from influence_job.progress import Progress
@@ -117,55 +124,6 @@ def _capture(cfg, ds, model, selected, unprojected_name, device, metrics):
     return capture(model, selected, ds, cfg, device, unprojected_name, progress=progress)
 
 
-def _local_shard(ds: Dataset, comm: Comm) -> Dataset:
-    """This rank's whole prompts (contiguous, balanced by tokens); prompt indices stay global."""
-    tokens = np.zeros(len(ds.prompt_ids), dtype=np.int64)
-    for r in ds.responses:
-        tokens[r.prompt_index] += r.length
-    start, stop = shard_prompts(tokens.tolist(), comm.world)[comm.rank]
-    return Dataset(ds.prompt_ids, [r for r in ds.responses if start <= r.prompt_index < stop])
-
-
-def _merge_metadata(local: Capture, comm: Comm) -> tuple[Capture, list[int], list[int]]:
-    """Every rank's per-response metadata, concatenated in rank (= input) order, on every rank; with the
-    response and token-row counts of each rank."""
-    meta = comm.all_gather_object({
-        "rows_per_response": np.diff(local.row_offsets),
-        "row_token": local.row_token.cpu().numpy(),
-        "entropy": local.entropy,
-        "log_prob": local.log_prob,
-        "n_positions": local.n_positions,
-    }, "exchange per-response metadata")
-    per_response = np.concatenate([m["rows_per_response"] for m in meta])
-    merged = Capture(
-        modules=[],
-        row_offsets=np.concatenate([[0], np.cumsum(per_response)]),
-        row_token=torch.as_tensor(np.concatenate([m["row_token"] for m in meta])),
-        entropy=[e for m in meta for e in m["entropy"]],
-        log_prob=np.concatenate([m["log_prob"] for m in meta]),
-        n_positions=sum(m["n_positions"] for m in meta),
-        unprojected_name=local.unprojected_name,
-    )
-    return merged, [len(m["log_prob"]) for m in meta], [int(m["rows_per_response"].sum()) for m in meta]
-
-
-def _exchange_modules(local: Capture, owners: list[int], n_resp: list[int], n_rows: list[int], comm: Comm):
-    """Each module's G, U, V (and the exact gradients of the comparison module) onto its owner rank."""
-    owned: list[tuple[int, ModuleFactors, torch.Tensor | None]] = []
-    for i, mf in enumerate(local.modules):
-        what = f"gather module {mf.name}"
-        G = comm.gather_rows(mf.G, n_resp, owners[i], what)
-        U = comm.gather_rows(mf.U, n_rows, owners[i], what)
-        V = comm.gather_rows(mf.V, n_rows, owners[i], what)
-        exact = None
-        if mf.name == local.unprojected_name:
-            exact = comm.gather_rows(local.unprojected, n_resp, owners[i], what)
-        if comm.rank == owners[i]:
-            owned.append((i, ModuleFactors(mf.name, mf.kind, mf.layer, mf.dims, G, U, V), exact))
-        local.modules[i] = None  # this rank's share has been sent
-    return owned
-
-
 def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = None,
             comm: Comm | None = None) -> RunResult:
     """The whole job. With several ranks every rank calls it; rank 0 returns the results and writes them,
@@ -181,18 +139,18 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
     with phases("load"):
         ds, model, selected, unprojected_name, model_name = load_inputs(cfg, device)
     with phases("capture"):
-        local = _capture(cfg, _local_shard(ds, comm), model, selected, unprojected_name, device, metrics)
+        local = _capture(cfg, local_shard(ds, comm), model, selected, unprojected_name, device, metrics)
     del model
     arrays = ds.arrays()
     N = ds.n
     with phases("exchange"):
-        cap, n_resp, n_rows = _merge_metadata(local, comm)
+        cap, n_resp, n_rows = merge_metadata(local, comm)
         layout = make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
         costs = [module_cost(mf.dims, len(cap.row_token), N, len(ds.prompt_ids), cfg) for mf in local.modules]
         owners = assign_modules(costs, comm.world)
         module_names = [mf.name for mf in local.modules]
         module_layers = [mf.layer for mf in local.modules]
-        owned = _exchange_modules(local, owners, n_resp, n_rows, comm)
+        owned = exchange_modules(local, owners, n_resp, n_rows, comm)
     raw = torch.zeros(N, N, dtype=torch.float64, device=device)
     hinv = torch.zeros_like(raw)
     scores = torch.zeros(int(layout.token_offsets[-1]), dtype=torch.float64, device=device)
@@ -225,7 +183,7 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
         peak_gpu = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
         gathered = comm.gather_object(
             {"records": records, "curv_sim": curv_sim, "fidelity": fidelity, "peak_gpu": peak_gpu,
-             "peak_host": _peak_host()}, "gather module results")
+             "peak_host": host_peak_rss_bytes()}, "gather module results")
     if not comm.is_root:
         return RunResult(results=None, raw=None, hinv=None, rows={}, phase_seconds=phases.seconds)
     records = {i: r for g in gathered for i, r in g["records"].items()}
@@ -367,7 +325,3 @@ def _module_record(mf: ModuleFactors, res) -> dict:
         "damping": res.damping, "solve_seconds": res.seconds,
         "factorisations": res.factorisations, "failed_factorisations": res.failed,
     }
-
-
-def _peak_host() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
