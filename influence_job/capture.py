@@ -9,8 +9,7 @@ micro-batch. Rows of U and V are stored response by response in input order, pos
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,7 +46,6 @@ class Capture:
     n_positions: int  # real (unpadded) positions processed
     unprojected_name: str | None = None
     unprojected: torch.Tensor | None = None  # (N, d_out*d_in) float64 exact gradients of one module
-    seconds_per_batch: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -164,10 +162,8 @@ def capture(
     log_prob = np.zeros(n)
     n_positions = 0
     batches = micro_batches([r.length for r in ds.responses], cfg.compute.micro_batch_tokens)
-    seconds = []
     try:
         for k, index in enumerate(batches):
-            t0 = time.perf_counter()
             b = _make_batch(ds, index, cfg.positions, cfg.objective, device)
             hooks.batch = b
             embeds = embed(b.input_ids).detach().requires_grad_(True)
@@ -187,7 +183,6 @@ def capture(
                 entropy[i] = ent[j, pred[j]].double().cpu().numpy()
                 log_prob[i] = float(per_seq[j].detach())
             n_positions += int(b.attention.sum())
-            seconds.append(time.perf_counter() - t0)
             if progress:
                 progress(k + 1, len(batches), len(index), int(b.attention.sum()))
     finally:
@@ -218,7 +213,6 @@ def capture(
         n_positions=n_positions,
         unprojected_name=unprojected_name if raw is not None else None,
         unprojected=raw,
-        seconds_per_batch=seconds,
     )
 
 

@@ -3,6 +3,7 @@ influence rows → diagnostics + validation → outputs. Each phase is timed and
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -294,6 +295,7 @@ def _influence_rows(ds: Dataset, cap, layout, scores: np.ndarray, enabled: bool)
         "n_tokens": spans,
         "score_sum": np.where(skipped, np.nan, score_sum),
         "token_offsets": layout.token_offsets,
+        "metadata_json": np.array([json.dumps(r.meta, sort_keys=True) for r in ds.responses]),
         "token_ids": np.concatenate([np.array(r.response_ids, dtype=np.int64) for r in ds.responses]),
         "scores": scores,
         "entropy": np.concatenate(cap.entropy),

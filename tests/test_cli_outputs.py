@@ -59,6 +59,7 @@ def test_default_run_through_console_script(tmp_path):
         assert len(rows["response_id"]) == 32
         assert rows["token_offsets"][-1] == len(rows["scores"]) == len(rows["entropy"])
         assert rows["skipped"].sum() == 8  # p3 all accepted, p4 all rejected
+        assert json.loads(rows["metadata_json"][0]) == {"source": "handwritten"}  # extra input keys kept
     report = (out / "report.md").read_text()
     for heading in ("Projection dimensions", "RAW", "HINV", "Performance", "Validation"):
         assert heading in report
