@@ -16,8 +16,10 @@ class Progress:
         if sys.stderr.isatty() and log.isEnabledFor(logging.INFO):
             from tqdm import tqdm
 
-            width = shutil.get_terminal_size((100, 20)).columns or 100  # some pseudo-terminals report 0
-            self.bar = tqdm(total=total, desc=phase, unit=unit, file=sys.stderr, leave=True, ncols=min(width, 120))
+            # Some pseudo-terminals report a 0×0 size, which makes tqdm hide the bar: fall back to 100×20.
+            size = shutil.get_terminal_size((100, 20))
+            self.bar = tqdm(total=total, desc=phase, unit=unit, file=sys.stderr, leave=True,
+                            ncols=min(size.columns or 100, 120), nrows=max(size.lines, 20))
 
     def step(self, done: int, detail: str = "") -> None:
         if self.bar is not None:

@@ -154,3 +154,26 @@ def test_readme_and_ci_share_the_test_command():
     readme = (root / "README.md").read_text()
     command = next(line for line in ci.splitlines() if line.startswith("bash tests/install-services.sh"))
     assert command in readme
+
+
+def test_terminal_shows_a_progress_bar_per_phase(tmp_path):
+    """stderr on a pseudo-terminal: tqdm bars for capture and curvature_solve instead of log lines."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["influence-job", "run", "--output", str(tmp_path / "o")], stdout=subprocess.DEVNULL,
+                            stderr=slave, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=600) == 0
+    text = out.decode(errors="replace")
+    assert "capture: 100%" in text and "curvature_solve: 100%" in text and "14/14" in text
+    assert "[capture] micro-batch" not in text  # the log-line form is for non-terminals
