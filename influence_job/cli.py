@@ -159,12 +159,13 @@ def _run(cfg) -> int:
         results = run_job(cfg, metrics=metrics, comm=comm).results
     finally:
         wall = time.perf_counter() - t0
-        metrics.sample_memory()
         if comm.is_root:  # rank 0 holds the results and speaks for the run
-            metrics.finished(results, wall)
+            metrics.finished(results, wall)  # samples memory too
             url = cfg.metrics.pushgateway or os.environ.get("INFLUENCE_PUSHGATEWAY")
             if url:
                 push_summary(url, results, wall, cfg.metrics.job, cfg.metrics.instance)
+        else:
+            metrics.sample_memory()
         comm.close()
     if not comm.is_root:
         return EXIT_OK

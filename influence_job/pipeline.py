@@ -200,15 +200,7 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
             "hinv": matrix_stats(hinv_np, arrays["prompt_index"], arrays["accepted"]),
         }
         rows = _influence_rows(ds, cap, layout, scores.cpu().numpy(), cfg.influence.enabled)
-        curvature_similarity = {
-            kind: {
-                "modules": len(mats),
-                "frobenius_cos": offdiag_summary(np.mean([m["frobenius"] for m in mats], axis=0)),
-                "spectrum_cos": offdiag_summary(np.mean([m["spectrum"] for m in mats], axis=0)),
-                "frobenius_cos_matrix": np.mean([m["frobenius"] for m in mats], axis=0),
-            }
-            for kind, mats in curv_by_kind.items()
-        }
+        curvature_similarity = {kind: _kind_similarity(mats) for kind, mats in curv_by_kind.items()}
     skipped_tokens = np.repeat(rows["skipped"], np.diff(rows["token_offsets"]))
     failed = [f"{m['name']} ({m['failed_factorisations']})" for m in modules_out if m["failed_factorisations"]]
     validation = run_checks(
@@ -316,6 +308,14 @@ def _environment(device: torch.device, world_size: int) -> dict:
         "host": platform.node(),
         "world_size": world_size,
     }
+
+
+def _kind_similarity(mats: list[dict]) -> dict:
+    """Per module kind: the per-prompt cosine matrices averaged over that kind's modules, summarised."""
+    frobenius = np.mean([m["frobenius"] for m in mats], axis=0)
+    spectrum = np.mean([m["spectrum"] for m in mats], axis=0)
+    return {"modules": len(mats), "frobenius_cos": offdiag_summary(frobenius),
+            "spectrum_cos": offdiag_summary(spectrum), "frobenius_cos_matrix": frobenius}
 
 
 def _module_record(mf: ModuleFactors, res) -> dict:

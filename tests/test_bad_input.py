@@ -143,8 +143,7 @@ def test_unreadable_config_file(capsys, tmp_path):
     expect_error(capsys, ["--config", str(tmp_path / "list.yaml")], "must be a YAML mapping")
 
 
-def test_cuda_requested_without_a_gpu(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+def test_cuda_requested_without_a_gpu(capsys, tmp_path):
     import torch
 
     if torch.cuda.is_available():
