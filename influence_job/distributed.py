@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from influence_job.capture import Capture, ModuleFactors
-from influence_job.curvature import route_costs
+from influence_job.curvature import route_costs, token_gram_width
 from influence_job.data import Dataset
 from influence_job.errors import DistributedError, InputError
 
@@ -143,11 +143,13 @@ def module_cost(dims, n_rows: int, n_responses: int, n_prompts: int, cfg) -> flo
     """Estimated flops of a module's curvature+solve (the cheaper exact route), used to balance owners."""
     D = dims.D
     rows = n_rows if cfg.curvature.source == "token" else n_responses
-    row_dim = dims.k_in + dims.k_out if cfg.curvature.source == "token" else D
-    total = min(route_costs(rows, D, row_dim, n_responses).values())
+    token = cfg.curvature.source == "token"
+    row_dim = dims.k_in + dims.k_out if token else D
+    width = token_gram_width(dims.k_out, dims.k_in) if token else D * D
+    total = min(route_costs(rows, D, row_dim, width, n_responses).values())
     if cfg.curvature.scope == "per_prompt" or cfg.influence.enabled:
         per = max(1, rows // max(1, n_prompts))
-        total += n_prompts * min(route_costs(per, D, row_dim, n_responses).values())
+        total += n_prompts * min(route_costs(per, D, row_dim, width, n_responses).values())
     return total
 
 

@@ -56,6 +56,7 @@ def test_raw_and_hinv_match_autograd_and_explicit_solves(
         tiny_model_dir, tiny_data, projection=PROJECTIONS[projection],
         curvature={"source": source, "scope": scope, "solver": solver},
         influence={"enabled": False}, diagnostics={"curvature_similarity": False},
+        compute={"token_chunk": 23},  # dense token Grams cross chunk boundaries
     )
     out = run_job(cfg, write=False)
     assert rel_err(out.raw, raw_reference(ref)) < 1e-8
