@@ -6,7 +6,7 @@ prompt's responses accepted. Runs the default diagnostic (token curvature, globa
 response-source diagnostic, and prints wall time by phase, curvature+solve time, capture throughput
 (tokens/s through forward+backward with projection), peak GPU and host memory, each beside the
 original system's figure or the issue's target. Nothing is asserted.
-Run: python bench/default_diagnostic.py [--small] [--device cuda] [--model-dtype bfloat16]
+Run: python bench/default_diagnostic.py [--small] [--device cuda] [--model-dtype bfloat16] [--gram-dtype tf32]
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ def synthetic_data(path: Path, vocab: int, prompts: int, responses: int, tokens:
     return path
 
 
-def run(model: str, data: Path, device: str, dtype: str, source: str, out: Path) -> dict:
+def run(model: str, data: Path, device: str, dtype: str, gram_dtype: str, source: str, out: Path) -> dict:
     cfg = JobConfig.model_validate({
         "model": {"builtin": model, "dtype": dtype},
         "data": {"path": str(data)},
         "curvature": {"source": source},
-        "compute": {"device": device, "gram_dtype": "tf32" if device == "cuda" else "float64"},
+        "compute": {"device": device, "gram_dtype": gram_dtype},
         "output": {"dir": str(out)},
     })
     return run_job(cfg, write=False).results
@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="tiny-qwen2, 4 prompts × 4 responses × 64 tokens (CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--model-dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
+    ap.add_argument("--gram-dtype", default="float64", choices=["float64", "float32", "tf32"],
+                    help="compute.gram_dtype (default: the job's default, float64)")
     ap.add_argument("--prompts", type=int, default=12)
     ap.add_argument("--responses", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=1024)
@@ -86,10 +88,10 @@ def main() -> None:
     data = synthetic_data(tmp / "data.jsonl", builtin_config(model).vocab_size, prompts, responses, tokens)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"model {model} ({args.model_dtype}) on {device_name}; torch {torch.__version__}; "
-          f"{prompts} prompts × {responses} responses × ~{tokens} tokens")
-    token = run(model, data, args.device, args.model_dtype, "token", tmp / "token")
+          f"{prompts} prompts × {responses} responses × ~{tokens} tokens; Gram products in {args.gram_dtype}")
+    token = run(model, data, args.device, args.model_dtype, args.gram_dtype, "token", tmp / "token")
     report("token source, global scope (default)", token, not args.small)
-    response = run(model, data, args.device, args.model_dtype, "response", tmp / "response")
+    response = run(model, data, args.device, args.model_dtype, args.gram_dtype, "response", tmp / "response")
     report("response source", response, not args.small)
     scope = " (not applicable to --small)" if args.small else ""
     tp, rp = token["performance"], response["performance"]

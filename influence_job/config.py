@@ -143,7 +143,11 @@ class ComputeConfig(_Section):
     gram_dtype: Literal["float64", "float32", "tf32"] = Field(
         "float64", description="Dtype of dense token Gram products G_tok^T G_tok (factorisation is float64)."
     )
-    token_chunk: int = Field(4096, ge=1, description="Token rows per chunk when building dense Grams.")
+    token_chunk: int = Field(
+        4096, ge=1,
+        description="Bounds the working memory of token-row products: dense Grams and solves hold at most "
+        "token_chunk × D values of them at a time (D: the module's projected size).",
+    )
     timeout_seconds: float = Field(
         1800, gt=0,
         description="Under torchrun: how long a collective may wait for the other ranks before the run "

@@ -123,14 +123,18 @@ class TokenRows:
         a, c, where_out = _pairs(k_out, device)
         b, d, where_in = _pairs(k_in, device)
         M = torch.zeros(a.numel(), b.numel(), dtype=torch.float64, device=device)
-        width = min(self.chunk, self.n)
-        scratch_u = torch.empty(2 * a.numel() * width, dtype=dtype, device=device)
-        scratch_v = torch.empty(2 * b.numel() * width, dtype=dtype, device=device)
+        # The pair products of a step hold no more values than one chunk of explicit rows (chunk × D).
+        step = max(1, min(self.n, self.chunk * self.D // (2 * (a.numel() + b.numel()))))
+        scratch_u = torch.empty(2 * a.numel() * step, dtype=dtype, device=device)
+        scratch_v = torch.empty(2 * b.numel() * step, dtype=dtype, device=device)
         with _AllowTf32() if self.gram_dtype == "tf32" else nullcontext():
-            for s in range(0, self.n, self.chunk):
-                pu = _pair_rows(self.U[s : s + self.chunk].T.to(dtype), a, c, scratch_u)
-                pv = _pair_rows(self.V[s : s + self.chunk].T.to(dtype), b, d, scratch_v)
-                M += (pu @ pv.T).double()
+            for s in range(0, self.n, step):
+                pu = _pair_rows(self.U[s : s + step].T.to(dtype), a, c, scratch_u)
+                pv = _pair_rows(self.V[s : s + step].T.to(dtype), b, d, scratch_v)
+                if dtype == torch.float64:
+                    M.addmm_(pu, pv.T)
+                else:
+                    M += (pu @ pv.T).double()
         del scratch_u, scratch_v
         by_in = M.index_select(1, where_in.reshape(-1))  # (pairs_out, k_in·k_in)
         del M

@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("curvature_solve.py", [], "speedup vs original method:"),
     ("engine_cpu.py", [], "speedup vs original method: one process"),
     ("default_diagnostic.py", ["--small", "--device", "cpu"], "targets (for the 1.5B model"),
+    ("token_gram.py", ["--small", "--device", "cpu", "--repeats", "1"], "pair-product Gram vs plain row GEMM:"),
 ])
 def test_benchmark_runs(script, args, last):
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
