@@ -129,8 +129,8 @@ class TokenRows:
         scratch_v = torch.empty(2 * b.numel() * step, dtype=dtype, device=device)
         with _AllowTf32() if self.gram_dtype == "tf32" else nullcontext():
             for s in range(0, self.n, step):
-                pu = _pair_rows(self.U[s : s + step].T.to(dtype), a, c, scratch_u)
-                pv = _pair_rows(self.V[s : s + step].T.to(dtype), b, d, scratch_v)
+                pu = _pair_rows(self.U[s : s + step].T.to(dtype).contiguous(), a, c, scratch_u)
+                pv = _pair_rows(self.V[s : s + step].T.to(dtype).contiguous(), b, d, scratch_v)
                 if dtype == torch.float64:
                     M.addmm_(pu, pv.T)
                 else:
