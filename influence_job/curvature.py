@@ -136,10 +136,12 @@ class TokenRows:
                 else:
                     M += (pu @ pv.T).double()
         del scratch_u, scratch_v
+        # Gather in steps that free their input, so at most two D×D-sized arrays are alive (as in factor()).
         by_in = M.index_select(1, where_in.reshape(-1))  # (pairs_out, k_in·k_in)
         del M
-        H = by_in.index_select(0, where_out.reshape(-1)).view(k_out, k_out, k_in, k_in)
-        return H.permute(0, 2, 1, 3).reshape(self.D, self.D)
+        by_both = by_in.index_select(0, where_out.reshape(-1)).view(k_out, k_out, k_in, k_in)
+        del by_in
+        return by_both.permute(0, 2, 1, 3).reshape(self.D, self.D)
 
     def segment(self, start: int, stop: int) -> TokenRows:
         return TokenRows(self.U[start:stop], self.V[start:stop], self.chunk, self.gram_dtype)
