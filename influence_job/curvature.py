@@ -116,7 +116,7 @@ class TokenRows:
         Entry ((a,b),(c,d)) of RᵀR is Σ_t (u_ta u_tc)(v_tb v_td): both factors are symmetric in their index
         pair, so the GEMM only needs the pairs a ≤ c and b ≤ d — M = P_u P_vᵀ with P_u (k_out(k_out+1)/2 × T)
         and P_v (k_in(k_in+1)/2 × T), about a quarter of the multiply-adds of the plain T×D row GEMM — and
-        RᵀR is then gathered from M. Same products, same float64 accumulation across chunks.
+        RᵀR is then gathered from M. Products are in the Gram dtype, sums across steps in float64.
         """
         dtype, device = GRAM_DTYPES[self.gram_dtype], self.U.device
         k_out, k_in = self.U.shape[1], self.V.shape[1]

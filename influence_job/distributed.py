@@ -142,8 +142,8 @@ def assign_modules(costs: list[float], world: int) -> list[int]:
 def module_cost(dims, n_rows: int, n_responses: int, n_prompts: int, cfg) -> float:
     """Estimated flops of a module's curvature+solve (the cheaper exact route), used to balance owners."""
     D = dims.D
-    rows = n_rows if cfg.curvature.source == "token" else n_responses
     token = cfg.curvature.source == "token"
+    rows = n_rows if token else n_responses
     row_dim = dims.k_in + dims.k_out if token else D
     width = token_gram_width(dims.k_out, dims.k_in) if token else D * D
     total = min(route_costs(rows, D, row_dim, width, n_responses).values())
