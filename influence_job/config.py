@@ -113,7 +113,8 @@ class InfluenceConfig(_Section):
     aggregate: Literal["sum", "mean", "advantage"] = Field(
         "sum",
         description="'sum' of accepted minus sum of rejected; 'mean' divides each side by its count; "
-        "'advantage' weights each response by |A_r|.",
+        "'advantage': the prompt's policy-gradient direction Σ_r A_r g_r over all its responses "
+        "(signed group advantages, no accepted/rejected split).",
     )
     exclude_self: bool = Field(False, description="Drop the response's own term from its tokens' scores.")
 

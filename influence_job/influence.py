@@ -3,10 +3,12 @@
     score_t = Σ_m [ Σ_{r∈acc(p)} g_rᵀ H_p⁻¹ g_t − Σ_{r∈rej(p)} g_rᵀ H_p⁻¹ g_t ]
 
 computed as g_tᵀ z with z = H_p⁻¹ w_p and w_p = Σ_r c_r g_r. The coefficients c_r come from the
-aggregate: 'sum' (±1), 'mean' (±1/count of its side), 'advantage' (±|A_r|). With exclude_self the
-response's own term leaves its tokens' w (for 'mean', its side's mean is then over the others; an
-emptied side contributes nothing). Prompts whose responses are all accepted or all rejected have no
-contrast: their rows carry NaN and are counted as skipped.
+aggregate: 'sum' (+1 accepted, −1 rejected), 'mean' (±1/count of its side), 'advantage' (the signed
+group advantage A_r of every response: w_p = Σ_r A_r g_r is the policy-gradient direction GRPO would
+follow, with no accepted/rejected split). With exclude_self the response's own term leaves its tokens'
+w (for 'mean', its side's mean is then over the others; an emptied side contributes nothing). Prompts
+whose responses are all accepted or all rejected have no contrast: their rows carry NaN and are counted
+as skipped, whatever the aggregate (DESIGN.md §2).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def contrast_coefficients(
     if aggregate == "sum":
         base = sign.copy()
     elif aggregate == "advantage":
-        base = sign * np.abs(advantage)
+        base = np.asarray(advantage, dtype=np.float64).copy()
     else:
         base = sign / np.where(accepted, n_acc, n - n_acc)
     coeff = np.tile(base, (n, 1))

@@ -6,12 +6,14 @@ import json
 
 import pytest
 import torch
+from float64_qwen2 import float64_qwen2
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from influence_job.config import JobConfig
 from influence_job.tokenizer import byte_level_tokenizer
 
-# Several prompts with mixed accept/reject, one all-accepted prompt, uneven lengths.
+# Several prompts with mixed accept/reject, one all-accepted prompt, uneven lengths; in prompt "e" an accepted
+# response has a negative advantage (rewards 5, 1, -1: mean 5/3), where A_r and sign(accepted)·|A_r| differ.
 GROUPS = [
     {"prompt_id": "a", "prompt": "Q: 2+3?", "responses": [
         {"response": " 5", "reward": 1.0},
@@ -27,7 +29,19 @@ GROUPS = [
     {"prompt_id": "d", "prompt": "Q: 1-1", "responses": [
         {"response": " 1", "reward": -1.0},
         {"response": " 0 (zero)", "reward": 1.0}]},
+    {"prompt_id": "e", "prompt": "Q: 9-4", "responses": [
+        {"response": " 5", "reward": 5.0},
+        {"response": " 5, I think", "reward": 1.0},
+        {"response": " 13", "reward": -1.0}]},
 ]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _qwen2_in_float64():
+    """Every in-process test runs Qwen2 with its norm, rotary angles and softmax in the model's dtype, so a
+    float64 run is exact to float64 rounding whatever CPU kernels PyTorch picks (see float64_qwen2.py)."""
+    with float64_qwen2():
+        yield
 
 
 def tiny_config(**over) -> Qwen2Config:

@@ -53,7 +53,7 @@ def build_reference(model_dir, data_path, proj_cfg, positions="all", objective="
     resp_rows = {n: [] for n, _ in mods}
     full = {n: [] for n, _ in mods}
     wgrad = {n: [] for n, _ in mods}
-    prompt_index, accepted, rewards, entropy, log_probs = [], [], [], [], []
+    prompt_index, accepted, advantages, entropy, log_probs = [], [], [], [], []
     groups = read_groups(data_path)
     for p, grp in enumerate(groups):
         group_rewards = np.array([r["reward"] for r in grp["responses"]], dtype=float)
@@ -93,7 +93,7 @@ def build_reference(model_dir, data_path, proj_cfg, positions="all", objective="
             log_probs.append(float(L.detach()))
             prompt_index.append(p)
             accepted.append(resp.get("accepted", resp["reward"] > threshold))
-            rewards.append(adv[j])
+            advantages.append(adv[j])
     return Reference(
         G={n: torch.stack(v).detach() for n, v in G.items()},
         tokens={n: [t.detach() for t in v] for n, v in tokens.items()},
@@ -102,7 +102,7 @@ def build_reference(model_dir, data_path, proj_cfg, positions="all", objective="
         weight_grad={n: torch.stack(v).detach() for n, v in wgrad.items()},
         prompt_index=np.array(prompt_index),
         accepted=np.array(accepted),
-        advantage=np.array(rewards),
+        advantage=np.array(advantages),
         entropy=entropy,
         log_prob=np.array(log_probs),
     )
@@ -147,37 +147,39 @@ def raw_reference(ref: Reference) -> torch.Tensor:
 
 
 def influence_reference(ref: Reference, source: str, aggregate="sum", exclude_self=False) -> list:
-    """Per response, the token scores by the DESIGN.md formula, written as loops over r and t."""
+    """Per response, the token scores of DESIGN.md §2 written as loops over responses r and tokens t.
+
+    sum:       Σ_{r∈acc(p)} g_rᵀ H_p⁻¹ g_t − Σ_{r∈rej(p)} g_rᵀ H_p⁻¹ g_t
+    mean:      each side divided by its count (of the responses left on it)
+    advantage: Σ_{r∈p} A_r g_rᵀ H_p⁻¹ g_t with the signed group advantages, every response of the prompt
+    exclude_self drops r = the token's own response from every sum. Prompts whose responses are all
+    accepted or all rejected are skipped (NaN), whatever the aggregate.
+    """
     N = len(ref.prompt_index)
     scores = [np.zeros(len(e)) for e in ref.entropy]
     for p in np.unique(ref.prompt_index):
         members = np.flatnonzero(ref.prompt_index == p).tolist()
-        acc = [i for i in members if ref.accepted[i]]
-        rej = [i for i in members if not ref.accepted[i]]
-        if not acc or not rej:
+        if all(ref.accepted[i] for i in members) or not any(ref.accepted[i] for i in members):
             for i in members:
                 scores[i][:] = np.nan
             continue
         for name, G in ref.G.items():
             Hinv = torch.linalg.inv(curvature(ref, name, members, source))
             for i in members:
-                a = [r for r in acc if not (exclude_self and r == i)]
-                b = [r for r in rej if not (exclude_self and r == i)]
+                others = [r for r in members if not (exclude_self and r == i)]
+                acc = [r for r in others if ref.accepted[r]]
+                rej = [r for r in others if not ref.accepted[r]]
                 for t, g_t in enumerate(ref.response_token_rows[name][i]):
-                    sides = []
-                    for rs in (a, b):
-                        vals = [_weight(ref, r, aggregate) * float(G[r] @ Hinv @ g_t) for r in rs]
-                        if aggregate == "mean":
-                            sides.append(sum(vals) / len(rs) if rs else 0.0)
-                        else:
-                            sides.append(sum(vals))
-                    scores[i][t] += sides[0] - sides[1]
+                    dot = {r: float(G[r] @ Hinv @ g_t) for r in others}
+                    if aggregate == "advantage":
+                        scores[i][t] += sum(ref.advantage[r] * dot[r] for r in others)
+                    elif aggregate == "sum":
+                        scores[i][t] += sum(dot[r] for r in acc) - sum(dot[r] for r in rej)
+                    else:  # mean
+                        scores[i][t] += (sum(dot[r] for r in acc) / len(acc) if acc else 0.0) - (
+                            sum(dot[r] for r in rej) / len(rej) if rej else 0.0)
     assert len(scores) == N
     return scores
-
-
-def _weight(ref, r, aggregate):
-    return abs(ref.advantage[r]) if aggregate == "advantage" else 1.0
 
 
 def pair_loop_stats(M: np.ndarray, prompt_index, accepted) -> dict:

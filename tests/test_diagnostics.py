@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from conftest import exact_config
 from reference import build_reference, curvature
+from tolerances import MODEL_RTOL
 
 from influence_job.config import ProjectionConfig
 from influence_job.diagnostics import module_curvature_similarity
@@ -26,5 +27,6 @@ def test_curvature_similarity_matches_explicit_matrices(tiny_model_dir, tiny_dat
             specs = [torch.linalg.eigvalsh(H).flip(0) for H in Hs]
             specs = [s / s.norm() for s in specs]
             spec = np.array([[float(specs[p] @ specs[q]) for q in range(P)] for p in range(P)])
-            np.testing.assert_allclose(got["frobenius"], frob, rtol=1e-9)
-            np.testing.assert_allclose(got["spectrum"], spec, rtol=1e-9)
+            # Cosines in [0, 1] from traces and kernels against explicit D×D matrices: model-level rounding.
+            np.testing.assert_allclose(got["frobenius"], frob, rtol=MODEL_RTOL)
+            np.testing.assert_allclose(got["spectrum"], spec, rtol=MODEL_RTOL)

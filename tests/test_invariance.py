@@ -2,6 +2,7 @@
 
 import numpy as np
 from conftest import GROUPS, exact_config, write_jsonl
+from tolerances import MODEL_RTOL, SOLVE_RTOL, rel_err
 
 from influence_job.pipeline import run_job
 
@@ -14,29 +15,33 @@ def test_micro_batch_size_does_not_change_results(tiny_model_dir, tiny_data):
                 write=False)
         for mb in (1, 40, 100000)
     ]
+    scored = ~np.isnan(runs[0].rows["scores"])
     for other in runs[1:]:
-        np.testing.assert_allclose(other.raw, runs[0].raw, rtol=1e-12)
-        np.testing.assert_allclose(other.hinv, runs[0].hinv, rtol=1e-10)
-        np.testing.assert_allclose(other.rows["scores"], runs[0].rows["scores"], rtol=1e-9, atol=1e-12)
+        assert rel_err(other.raw, runs[0].raw) < MODEL_RTOL
+        assert rel_err(other.hinv, runs[0].hinv) < SOLVE_RTOL
+        np.testing.assert_array_equal(np.isnan(other.rows["scores"]), ~scored)
+        assert rel_err(other.rows["scores"][scored], runs[0].rows["scores"][scored]) < SOLVE_RTOL
 
 
 def test_prompt_order_only_permutes_results(tiny_model_dir, tiny_data, tmp_path):
-    order = [2, 0, 3, 1]
+    order = [2, 4, 0, 3, 1]
     shuffled = write_jsonl(tmp_path / "shuffled.jsonl", [GROUPS[i] for i in order])
     a = run_job(exact_config(tiny_model_dir, tiny_data, projection=PROJ), write=False)
     b = run_job(exact_config(tiny_model_dir, shuffled, projection=PROJ), write=False)
     ids_a = list(a.rows["response_id"])
     perm = [ids_a.index(r) for r in b.rows["response_id"]]
-    np.testing.assert_allclose(b.raw, a.raw[np.ix_(perm, perm)], rtol=1e-12)
-    np.testing.assert_allclose(b.hinv, a.hinv[np.ix_(perm, perm)], rtol=1e-10)
+    assert rel_err(b.raw, a.raw[np.ix_(perm, perm)]) < MODEL_RTOL
+    assert rel_err(b.hinv, a.hinv[np.ix_(perm, perm)]) < SOLVE_RTOL
     for i, j in enumerate(perm):
         sa = a.rows["scores"][a.rows["token_offsets"][j]:a.rows["token_offsets"][j + 1]]
         sb = b.rows["scores"][b.rows["token_offsets"][i]:b.rows["token_offsets"][i + 1]]
-        np.testing.assert_allclose(sb, sa, rtol=1e-9)
+        np.testing.assert_array_equal(np.isnan(sb), np.isnan(sa))
+        if not np.isnan(sa).all():
+            assert rel_err(sb, sa) < SOLVE_RTOL
     for scope in ("per_prompt", "all_prompt"):
         for cat in ("acc-acc", "acc-rej"):
             assert np.isclose(a.results["similarity"]["hinv"][scope][cat]["dot"]["mean"],
-                              b.results["similarity"]["hinv"][scope][cat]["dot"]["mean"], rtol=1e-10)
+                              b.results["similarity"]["hinv"][scope][cat]["dot"]["mean"], rtol=SOLVE_RTOL, atol=0)
 
 
 def test_identical_runs_write_identical_numbers(tiny_model_dir, tiny_data, tmp_path):
