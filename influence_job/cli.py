@@ -3,7 +3,8 @@
 
 Exit codes: 0 success, 1 a validation check failed (outputs are written and say which), 2 bad input
 or configuration (one paragraph naming the problem and the fix; no traceback), 3 a collective across
-torchrun ranks failed (a rank died or timed out).
+torchrun ranks failed (a rank died or timed out), 4 an unexpected failure (a bug, or the machine: memory,
+disk; the traceback is printed), 130/143 stopped by SIGINT/SIGTERM (one line; the previous output intact).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import argparse
 import logging
 import os
 import sys
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from influence_job.config import dump_config, explain, load_config
 from influence_job.errors import DistributedError, InputError
+from influence_job.stops import Stopped, signal_after_commit, stop_signals
 
-EXIT_OK, EXIT_VALIDATION, EXIT_INPUT, EXIT_DISTRIBUTED = 0, 1, 2, 3
+EXIT_OK, EXIT_VALIDATION, EXIT_INPUT, EXIT_DISTRIBUTED, EXIT_FAILURE = 0, 1, 2, 3, 4
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -103,43 +107,108 @@ def _cluster(args) -> int:
 
 
 def _resolve(args):
-    overrides = list(args.overrides)
-    if args.output is not None:
-        overrides.append(f"output.dir={args.output}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, args.overrides)
+    if args.output is not None:  # a path as typed, not a YAML value ('~' or 'null' are names here)
+        cfg.output.dir = args.output
+    return cfg
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream of the moment the
+    handler was made: a caller (or a test harness) may have replaced and closed that one since."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+@contextmanager
+def _command_logging(quiet: bool):
+    """The package's log lines to stderr for the duration of one command, leaving logging as it was found."""
+    logger = logging.getLogger("influence_job")
+    handler = _StderrHandler()
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-        format="%(message)s", stream=sys.stderr, force=True,
-    )
+    with _command_logging(getattr(args, "quiet", False)), stop_signals():
+        try:
+            return _command(args)
+        except InputError as exc:
+            print(f"influence-job: error: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+        except DistributedError as exc:
+            print(f"influence-job: error: {exc}", file=sys.stderr)
+            return EXIT_DISTRIBUTED
+        except Stopped as stop:
+            print(f"influence-job: {_stop_line(stop, args)}", file=sys.stderr)
+            return stop.exit_code
+        except KeyboardInterrupt:  # a SIGINT outside the handlers' reach (another thread's command)
+            print("influence-job: stopped by SIGINT", file=sys.stderr)
+            return 130
+        except Exception as exc:  # noqa: BLE001 - one exit code for every unexpected failure, with its trace
+            traceback.print_exc()
+            print(f"influence-job: error: unexpected failure ({type(exc).__name__}: {exc}); see the traceback "
+                  "above. Exit code 4 means a bug or the machine (memory, disk), not your input.",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+
+
+def _stop_line(stop: Stopped, args) -> str:
+    """One line: what stopped where, and what state the output is in."""
+    where = f" during [{stop.phase}]" if stop.phase else ""
+    line = f"stopped by {stop.name}{where}"
+    if args.command != "run":
+        return line
+    out = Path(getattr(args, "output", None) or _output_of(args))
+    state = (f"the previous output {out} is intact" if out.exists()
+             else f"no output was written to {out}")
+    return f"{line}; nothing new was written: {state}."
+
+
+def _output_of(args) -> Path:
     try:
-        if args.command in ("render", "submit"):
-            return _cluster(args)
-        if args.command == "exporter":
-            from influence_job.exporter import serve
+        return _resolve(args).output.dir
+    except InputError:
+        return Path("influence-output")
 
-            return serve(args.dir, args.port, args.address, args.grace_seconds)
-        if args.command == "publish":
-            from influence_job.cluster.publish import publish
 
-            return publish(args.results, args.out)
-        if args.command == "config":
-            if args.explain:
-                print("\n".join(explain()))
-            else:
-                print(dump_config(_resolve(args)), end="")
-            return EXIT_OK
-        cfg = _resolve(args)
-        return _run(cfg)
-    except InputError as exc:
-        print(f"influence-job: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except DistributedError as exc:
-        print(f"influence-job: error: {exc}", file=sys.stderr)
-        return EXIT_DISTRIBUTED
+def _command(args) -> int:
+    if args.command in ("render", "submit"):
+        return _cluster(args)
+    if args.command == "exporter":
+        from influence_job.exporter import serve
+
+        return serve(args.dir, args.port, args.address, args.grace_seconds)
+    if args.command == "publish":
+        from influence_job.cluster.publish import publish
+
+        return publish(args.results, args.out)
+    if args.command == "config":
+        if args.explain:
+            print("\n".join(explain()))
+        else:
+            print(dump_config(_resolve(args)), end="")
+        return EXIT_OK
+    return _run(_resolve(args))
 
 
 def _run(cfg) -> int:
@@ -170,6 +239,10 @@ def _run(cfg) -> int:
     if not comm.is_root:
         return EXIT_OK
     print("\n".join(summary_lines(results, cfg.output.dir)))
+    late = signal_after_commit()
+    if late:
+        print(f"influence-job: {late} arrived while the result was being written; the write finished first, "
+              f"so the new result {cfg.output.dir} is complete.", file=sys.stderr)
     return EXIT_OK if results["validation"]["passed"] else EXIT_VALIDATION
 
 

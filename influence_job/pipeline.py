@@ -31,10 +31,11 @@ from influence_job.engine import make_layout, process_module
 from influence_job.errors import InputError
 from influence_job.metrics import JobMetrics, host_peak_rss_bytes
 from influence_job.model import layer_index, load_model, open_model, select_modules
-from influence_job.outputs import check_writable, npz_bytes, results_json_bytes, write_output_dir
+from influence_job.outputs import check_target, npz_bytes, results_json_bytes, write_output_dir
 from influence_job.progress import Progress
 from influence_job.report import render_report
 from influence_job.similarity import matrix_stats
+from influence_job.stops import Stopped, committing
 from influence_job.validation import run_checks
 
 log = logging.getLogger("influence_job")
@@ -58,11 +59,15 @@ class _Phases:
 
     @contextmanager
     def __call__(self, name: str):
-        log.info("[%s] ...", name)
-        if self.metrics:
-            self.metrics.phase_started(name, time.time())
-        t0 = time.perf_counter()
-        yield
+        try:
+            log.info("[%s] ...", name)
+            if self.metrics:
+                self.metrics.phase_started(name, time.time())
+            t0 = time.perf_counter()
+            yield
+        except Stopped as stop:
+            stop.phase = stop.phase or name  # the innermost phase names the stop
+            raise
         self.seconds[name] = time.perf_counter() - t0
         if self.metrics:
             self.metrics.phase_done(name, self.seconds[name])
@@ -133,8 +138,7 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
     phases = _Phases(metrics)
     comm = comm or init_comm(cfg.compute.device, cfg.compute.timeout_seconds)
     device = comm.device
-    if write and comm.is_root:
-        check_writable(cfg.output.dir)
+    out_dir = check_target(cfg.output.dir) if write and comm.is_root else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with phases("load"):
@@ -201,6 +205,7 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
         }
         rows = _influence_rows(ds, cap, layout, scores.cpu().numpy(), cfg.influence.enabled)
         curvature_similarity = {kind: _kind_similarity(mats) for kind, mats in curv_by_kind.items()}
+    warnings = _data_warnings(cfg, rows)
     skipped_tokens = np.repeat(rows["skipped"], np.diff(rows["token_offsets"]))
     failed = [f"{m['name']} ({m['failed_factorisations']})" for m in modules_out if m["failed_factorisations"]]
     validation = run_checks(
@@ -228,6 +233,7 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
         "unprojected_comparison": fidelity,
         "curvature_similarity": curvature_similarity,
         "validation": validation,
+        "warnings": warnings,
         "config": cfg.model_dump(mode="json"),
         "environment": _environment(device, comm.world),
     }
@@ -240,8 +246,8 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
         "peak_host_mem_bytes": max(g["peak_host"] for g in gathered),
     }
     if write:
-        with phases("write"):
-            write_output_dir(cfg.output.dir, {
+        with phases("write"), committing():
+            write_output_dir(out_dir, {
                 "results.json": results_json_bytes(results),
                 "similarity.npz": npz_bytes({
                     "raw": raw_np, "hinv": hinv_np, "prompt_index": arrays["prompt_index"],
@@ -252,6 +258,19 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
                 "report.md": render_report(results).encode(),
             })
     return RunResult(results=results, raw=raw_np, hinv=hinv_np, rows=rows, phase_seconds=phases.seconds)
+
+
+def _data_warnings(cfg: JobConfig, rows: dict[str, np.ndarray]) -> list[str]:
+    """Conditions that leave a run technically valid but empty of what a user came for; logged and kept."""
+    warnings = []
+    if cfg.influence.enabled and rows["skipped"].all():
+        warnings.append(
+            "no prompt has both accepted and rejected responses, so every token influence row was skipped "
+            "(NaN scores). Check data.accept_threshold against the rewards, or give 'accepted' explicitly."
+        )
+    for text in warnings:
+        log.warning("warning: %s", text)
+    return warnings
 
 
 def _similarity_layers(cfg: JobConfig, module_layers: list) -> set:
