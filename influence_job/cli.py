@@ -17,7 +17,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from influence_job.config import dump_config, explain, load_config
+from influence_job.config import check_run_words, dump_config, explain, load_config
 from influence_job.errors import DistributedError, InputError
 from influence_job.stops import Stopped, signal_after_commit, stop_signals
 
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="write the Argo WorkflowTemplate and CronWorkflow as YAML")
     _cluster_args(render)
     render.add_argument("--out", default="rendered", help="output directory, or - for stdout (default: rendered)")
+    render.add_argument("--explain", action="store_true",
+                        help="list every cluster value (values-file name), its default and meaning")
 
     submit = sub.add_parser("submit", help="start a run of the installed WorkflowTemplate on an Argo server")
     _cluster_args(submit)
@@ -84,10 +86,16 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cluster(args) -> int:
-    from influence_job.cluster.settings import load_settings
+    from influence_job.cluster.settings import ClusterSettings, load_settings
     from influence_job.cluster.workflows import build_all, build_submission
 
+    if args.command == "render" and args.explain:
+        print("\n".join(explain(ClusterSettings, alias=True)))
+        return EXIT_OK
     settings = load_settings(args.values, args.overrides)
+    check_run_words(settings.overrides, settings.model, settings.dataset, "cluster value overrides")
+    check_run_words(settings.nightly.overrides, settings.nightly.model, settings.nightly.dataset,
+                    "cluster value nightly.overrides")
     if args.command == "render":
         docs = {name: obj.to_yaml() for name, obj in build_all(settings).items()}
         if args.out == "-":
@@ -101,6 +109,9 @@ def _cluster(args) -> int:
         return EXIT_OK
     from influence_job.cluster.submit import submit
 
+    if args.run_overrides is not None:
+        check_run_words(args.run_overrides, args.model or settings.model, args.dataset or settings.dataset,
+                        "submit --run-set")
     workflow = build_submission(settings, args.model, args.dataset, args.run_overrides)
     return submit(workflow, args.argo_server, args.namespace, args.token_env, args.insecure, args.wait,
                   args.poll_seconds)

@@ -8,8 +8,9 @@ curvature in global scope with automatic damping.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,6 +31,7 @@ class ModelConfig(_Section):
         description="A model built in code with seeded random weights: 'tiny-qwen2' (the default run and "
         "tests) or 'qwen2.5-1.5b-random' (Qwen2.5-1.5B's shape, for benchmarks). Exclusive with 'path'. "
         "With neither set, the job uses tiny-qwen2.",
+        json_schema_extra={"default_text": "tiny-qwen2 when model.path is unset"},
     )
     path: Path | None = Field(
         None, description="A local Hugging Face causal-LM directory (config.json, weights, tokenizer)."
@@ -61,6 +63,7 @@ class DataConfig(_Section):
         None,
         description="JSON Lines file, one prompt group per line (see README). Empty: the bundled example "
         "(8 math prompts, 32 rewarded responses).",
+        json_schema_extra={"default_text": "the bundled example data"},
     )
     accept_threshold: float = Field(
         0.0, description="A response is accepted when reward > accept_threshold, unless it says 'accepted'."
@@ -98,7 +101,7 @@ class CurvatureConfig(_Section):
         description="'global': one H per module from all responses; 'per_prompt': one H per prompt, "
         "HINV_ij = (g_i^T H_p(i)^-1 g_j + g_i^T H_p(j)^-1 g_j) / 2.",
     )
-    damping: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
+    damping: Literal["auto"] | float = Field(
         "auto", description="'auto': λ = 0.1 * tr(H - λI) / D (0.1 × mean eigenvalue); or a positive number."
     )
     solver: Literal["auto", "kernel", "dense"] = Field(
@@ -106,6 +109,22 @@ class CurvatureConfig(_Section):
         description="'kernel': N×N / T×T identities, no D×D matrix; 'dense': D×D Cholesky; 'auto': the "
         "cheaper exact route per module by a flop estimate.",
     )
+
+
+    @field_validator("damping", mode="before")
+    @classmethod
+    def _damping(cls, v):
+        """One sentence for every wrong value (a union type would report each alternative separately)."""
+        if v == "auto":
+            return v
+        if isinstance(v, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+            return float(v)
+        raise ValueError(f"must be 'auto' or a positive number such as 0.001, got {v!r}")
 
 
 class InfluenceConfig(_Section):
@@ -170,16 +189,25 @@ class MetricsConfig(_Section):
         None,
         description="prometheus-client multiprocess directory shared with `influence-job exporter`; empty: "
         "$PROMETHEUS_MULTIPROC_DIR, or no live metrics.",
+        json_schema_extra={"default_text": "$PROMETHEUS_MULTIPROC_DIR if set, else none"},
     )
     pushgateway: str | None = Field(
-        None, description="Pushgateway URL for the final summary; empty: $INFLUENCE_PUSHGATEWAY, or no push."
+        None, description="Pushgateway URL for the final summary; empty: $INFLUENCE_PUSHGATEWAY, or no push.",
+        json_schema_extra={"default_text": "$INFLUENCE_PUSHGATEWAY if set, else none"},
     )
     job: str = Field("influence_job", min_length=1, description="Pushgateway grouping label 'job'.")
-    instance: str | None = Field(None, description="Pushgateway grouping label 'instance'; empty: the host name.")
+    instance: str | None = Field(None, description="Pushgateway grouping label 'instance'; empty: the host name.",
+                                 json_schema_extra={"default_text": "the host name"})
 
 
 class OutputConfig(_Section):
-    dir: Path = Field(Path("influence-output"), description="Directory the run writes (replaced atomically).")
+    dir: Path = Field(
+        Path("influence-output"),
+        description="Directory the run writes, replaced atomically as a whole. An existing directory is replaced "
+        "only when it is empty or an earlier influence-job output (it holds the .influence-job marker and "
+        "nothing else than the result files); anything else is refused, as are '.', '..', '/', the home "
+        "directory and any parent of the working directory.",
+    )
 
 
 class JobConfig(_Section):
@@ -208,15 +236,20 @@ class JobConfig(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 
-def _format_errors(err: ValidationError, origin: str) -> str:
+CONFIG_DOCS = "`influence-job config --explain` (or the README's configuration table)"
+
+
+def _format_errors(err: ValidationError, origin: str, docs: str = CONFIG_DOCS) -> str:
     lines = [f"invalid configuration ({origin}):"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key; check its spelling against `influence-job config --explain`"
+            msg = f"unknown key; check its spelling against {docs}"
         elif e["type"] == "literal_error":
             msg = f"{msg} (got {e.get('input')!r})"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"  - {field}: {msg}")
     return "\n".join(lines)
 
@@ -262,8 +295,10 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
     return loaded
 
 
-def validate_with_overrides(model: type[BaseModel], data: dict, overrides: list[str] | None, origin: str):
-    """Apply ``--set KEY=VALUE`` overrides to ``data`` and validate it as ``model``."""
+def validate_with_overrides(model: type[BaseModel], data: dict, overrides: list[str] | None, origin: str,
+                            docs: str = CONFIG_DOCS):
+    """Apply ``--set KEY=VALUE`` overrides to ``data`` and validate it as ``model``; ``docs`` says where
+    the valid keys are documented (named in the message for an unknown key)."""
     for text in overrides or []:
         key, value = parse_override(text)
         _apply_override(data, key, value)
@@ -271,7 +306,31 @@ def validate_with_overrides(model: type[BaseModel], data: dict, overrides: list[
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InputError(_format_errors(exc, origin)) from None
+        raise InputError(_format_errors(exc, origin, docs)) from None
+
+
+def check_run_words(words: str, model: str, dataset: str, what: str) -> JobConfig:
+    """Check the `--set KEY=VALUE` words a cluster run will pass to `influence-job run`, here and now.
+
+    The pod's shell splits them on white space (no quoting), after setting the model and data paths, so
+    they are split and applied the same way and validated against the job's configuration model: a typo
+    fails on the user's machine instead of inside a pod after its GPUs were scheduled.
+    """
+    tokens, overrides = words.split(), []
+    while tokens:
+        word = tokens.pop(0)
+        if word == "--set" and tokens:
+            overrides.append(tokens.pop(0))
+        elif word.startswith("--set="):
+            overrides.append(word.removeprefix("--set="))
+        else:
+            raise InputError(
+                f"{what}: {word!r} is not part of a `--set KEY=VALUE` pair. Write e.g. "
+                "\"--set projection.factor=16 --set curvature.source=response\" (values without spaces: the "
+                "pod's shell splits on them)."
+            )
+    base = {"model": {"builtin": None, "path": model}, "data": {"path": dataset}}
+    return validate_with_overrides(JobConfig, base, overrides, what)
 
 
 def load_config(path: Path | None = None, overrides: list[str] | None = None) -> JobConfig:
@@ -284,17 +343,31 @@ def dump_config(cfg: JobConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def explain(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[str]:
-    """Every field with its default and documentation, one line each, for `config --explain`."""
+def explain(model: type[BaseModel] = JobConfig, prefix: str = "", alias: bool = False) -> list[str]:
+    """Every field with its effective default in plain words and its documentation, one line each, for
+    `config --explain` (and `render --explain`, with the values files' camelCase names)."""
     lines = []
     for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
+        key = f"{prefix}{field.alias if alias and field.alias else name}"
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            lines.extend(explain(ann, key + "."))
+            lines.extend(explain(ann, key + ".", alias))
             continue
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, BaseModel):
-            default = default.model_dump(mode="json")
-        lines.append(f"{key} (default {default!r}): {field.description or ''}")
+        lines.append(f"{key} (default {_plain_default(field)}): {field.description or ''}")
     return lines
+
+
+def _plain_default(field) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if "default_text" in extra:
+        return str(extra["default_text"])
+    default = field.get_default(call_default_factory=True)
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, list):
+        return ", ".join(str(v) for v in default)
+    if isinstance(default, str) and default == "":
+        return "empty"
+    return str(default)

@@ -201,8 +201,10 @@ def load_dataset(
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
+            at = f"column {exc.colno}" if exc.msg.endswith(" at") else f"at column {exc.colno}"
             raise InputError(
-                f"{where}: not valid JSON ({exc.msg} at column {exc.colno}). Each line must be one JSON object."
+                f"{where}: this line is not valid JSON: {exc.msg} {at}. Each line must be one JSON object "
+                "(one prompt group)."
             ) from None
         pid, group = _parse_group(obj, len(prompt_ids), where, tokenizer, vocab_size, threshold)
         if pid in prompt_ids:
