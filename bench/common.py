@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import torch
 
 from influence_job.engine import process_module
 from influence_job.influence import contrast_coefficients
+
+
+class Agreement:
+    """A benchmark's own correctness checks: each prints one line, and ``finish()`` exits with status 1 when
+    any failed, so a benchmark whose numbers disagree never looks like a success.
+
+    Every check is ``value < bound × scale``; ``--bound-scale 0`` therefore fails every check, which the
+    tests use to show that a failed check does end the script non-zero.
+    """
+
+    def __init__(self, scale: float = 1.0):
+        self.scale, self.failed = scale, []
+
+    @staticmethod
+    def add_argument(ap) -> None:
+        ap.add_argument("--bound-scale", type=float, default=1.0,
+                        help="multiply every agreement bound (0 makes every check fail; default 1)")
+
+    def check(self, what: str, value: float, bound: float) -> bool:
+        ok = value < bound * self.scale
+        print(f"agreement {'ok' if ok else 'FAILED'}: {what} {value:.2e} (bound {bound * self.scale:.1e})")
+        if not ok:
+            self.failed.append(what)
+        return ok
+
+    def finish(self) -> None:
+        if self.failed:
+            print(f"FAILED agreement checks: {', '.join(self.failed)}")
+            sys.exit(1)
 
 
 def rss_bytes() -> int:

@@ -5,7 +5,10 @@ Data: synthetic pre-tokenised groups (12 prompts × 8 responses × ~1,024 tokens
 prompt's responses accepted. Runs the default diagnostic (token curvature, global scope) and the
 response-source diagnostic, and prints wall time by phase, curvature+solve time, capture throughput
 (tokens/s through forward+backward with projection), peak GPU and host memory, each beside the
-original system's figure or the issue's target. Nothing is asserted.
+original system's figure or the issue's target. The model and Gram dtypes default to the job's own
+defaults (float32 model, float64 Gram products): by default this measures the default diagnostic; other
+dtypes by flag. Timings are printed, never asserted; the one check is that every run passes the job's own
+validation (the script exits 1 otherwise).
 Run: python bench/default_diagnostic.py [--small] [--device cuda] [--model-dtype bfloat16] [--gram-dtype tf32]
 """
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import Agreement
 
 from influence_job.config import JobConfig
 from influence_job.model import builtin_config
@@ -74,25 +78,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny-qwen2, 4 prompts × 4 responses × 64 tokens (CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--model-dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
-    ap.add_argument("--gram-dtype", default="float64", choices=["float64", "float32", "tf32"],
-                    help="compute.gram_dtype (default: the job's default, float64)")
+    defaults = JobConfig()
+    ap.add_argument("--model-dtype", default=defaults.model.dtype, choices=["float32", "bfloat16", "float64"],
+                    help=f"model.dtype (default: the job's default, {defaults.model.dtype})")
+    ap.add_argument("--gram-dtype", default=defaults.compute.gram_dtype, choices=["float64", "float32", "tf32"],
+                    help=f"compute.gram_dtype (default: the job's default, {defaults.compute.gram_dtype})")
     ap.add_argument("--prompts", type=int, default=12)
     ap.add_argument("--responses", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=1024)
+    Agreement.add_argument(ap)
     args = ap.parse_args()
+    agreement = Agreement(args.bound_scale)
     logging.basicConfig(level=logging.WARNING)
     model = "tiny-qwen2" if args.small else "qwen2.5-1.5b-random"
     prompts, responses, tokens = (4, 4, 64) if args.small else (args.prompts, args.responses, args.tokens)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-default-"))
-    data = synthetic_data(tmp / "data.jsonl", builtin_config(model).vocab_size, prompts, responses, tokens)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"model {model} ({args.model_dtype}) on {device_name}; torch {torch.__version__}; "
           f"{prompts} prompts × {responses} responses × ~{tokens} tokens; Gram products in {args.gram_dtype}")
-    token = run(model, data, args.device, args.model_dtype, args.gram_dtype, "token", tmp / "token")
+    with tempfile.TemporaryDirectory(prefix="bench-default-") as tmp:
+        data = synthetic_data(Path(tmp) / "data.jsonl", builtin_config(model).vocab_size, prompts, responses, tokens)
+        runs = {source: run(model, data, args.device, args.model_dtype, args.gram_dtype, source, Path(tmp) / source)
+                for source in ("token", "response")}
+    token, response = runs["token"], runs["response"]
     report("token source, global scope (default)", token, not args.small)
-    response = run(model, data, args.device, args.model_dtype, args.gram_dtype, "response", tmp / "response")
     report("response source", response, not args.small)
+    for source, r in runs.items():
+        failed = [c["name"] for c in r["validation"]["checks"] if not c["passed"]]
+        agreement.check(f"failed validation checks of the {source}-source run{' ' + str(failed) if failed else ''}",
+                        len(failed), 1)
+    agreement.finish()
     scope = " (not applicable to --small)" if args.small else ""
     tp, rp = token["performance"], response["performance"]
     print(f"targets (for the 1.5B model on one H200/H100){scope}: wall ≤ 60 s: {tp['wall_seconds']:.1f} s; "

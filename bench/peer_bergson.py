@@ -96,19 +96,20 @@ def main() -> None:
     ds, model, selected, _, name = load_inputs(cfg, device)
     tokens = sum(r.length for r in ds.responses)
     ours, peer = [], []
-    tmp = Path(tempfile.mkdtemp(prefix="bench-peer-"))
-    for k in range(args.repeats + 1):  # the first round warms both up and is not counted
-        _sync()
-        t0 = time.perf_counter()
-        cap, _ = capture_inputs(cfg, ds, model, selected, None, device)
-        _sync()
-        t_ours = time.perf_counter() - t0
-        dims = sorted({m.dims.D for m in cap.modules})
-        del cap
-        t_peer = bergson_collect(model, ds, args.projection_dim, cfg.compute.micro_batch_tokens, tmp / f"run{k}")
-        if k:
-            ours.append(t_ours)
-            peer.append(t_peer)
+    with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
+        for k in range(args.repeats + 1):  # the first round warms both up and is not counted
+            _sync()
+            t0 = time.perf_counter()
+            cap, _ = capture_inputs(cfg, ds, model, selected, None, device)
+            _sync()
+            t_ours = time.perf_counter() - t0
+            dims = sorted({m.dims.D for m in cap.modules})
+            del cap
+            t_peer = bergson_collect(model, ds, args.projection_dim, cfg.compute.micro_batch_tokens,
+                                     Path(tmp) / f"run{k}")
+            if k:
+                ours.append(t_ours)
+                peer.append(t_peer)
     print(f"model {name} ({args.dtype}) on {args.device}; {ds.n} responses, {tokens:,} tokens; "
           f"{len(selected)} modules; torch {torch.__version__}, bergson {version('bergson')}")
     print(f"this engine (factor {args.factor}, D per module {dims}): median {statistics.median(ours):.3f} s, "

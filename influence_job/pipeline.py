@@ -188,7 +188,7 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
         peak_gpu = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
         gathered = comm.gather_object(
             {"records": records, "curv_sim": curv_sim, "fidelity": fidelity, "peak_gpu": peak_gpu,
-             "peak_host": host_peak_rss_bytes()}, "gather module results")
+             "peak_host": host_peak_rss_bytes(), "phase_seconds": dict(phases.seconds)}, "gather module results")
     if not comm.is_root:
         return RunResult(results=None, raw=None, hinv=None, rows={}, phase_seconds=phases.seconds)
     records = {i: r for g in gathered for i, r in g["records"].items()}
@@ -244,6 +244,8 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
         "hessian_solve_seconds": sum(m["solve_seconds"] for m in modules_out),  # summed over ranks' work
         "peak_gpu_mem_bytes": max(g["peak_gpu"] for g in gathered),  # the largest rank's peak
         "peak_host_mem_bytes": max(g["peak_host"] for g in gathered),
+        # Each rank's phases up to the reduce (phase_seconds above are rank 0's, which writes the result).
+        "rank_phase_seconds": [g["phase_seconds"] for g in gathered],
     }
     if write:
         with phases("write"), committing():
