@@ -180,7 +180,8 @@ class ValidationConfig(_Section):
         3.0,
         gt=0,
         description="The projection-fidelity check passes when the projected self-dot mean is within this "
-        "many standard deviations (of a Rademacher sketch of that size) of the unprojected one.",
+        "many standard deviations of the unprojected one, two-sided; the standard deviation is a bound for "
+        "this Rademacher sketch on this module's own gradients (see README, Validation).",
     )
 
 

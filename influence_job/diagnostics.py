@@ -12,12 +12,42 @@ from influence_job.engine import Layout, module_rows
 from influence_job.similarity import SCOPES, matrix_stats
 
 
-def sketch_relative_std(k_in: int, k_out: int) -> float:
-    """Relative standard deviation bound of |P_out W P_inᵀ|²_F as an estimate of |W|²_F (Rademacher).
+def sketch_relative_std(exact: torch.Tensor, dims) -> float:
+    """Bound on the relative standard deviation of m = Σ_r ‖P_out W_r P_inᵀ‖²_F as an estimate of its mean
+    Σ_r ‖W_r‖²_F, for these gradients W_r (rows of ``exact``, d_out × d_in each) and independent two-sided
+    Rademacher sketches with k_out and k_in rows. The responses share one sketch, so their errors are
+    correlated: the bound is for the total (and so for the mean self-dot), not per response.
 
-    One side with k rows has Var ≤ 2|W|⁴/k; two independent sides compose to (1+2/k_in)(1+2/k_out) − 1.
+    With s_a, t_b the sign vectors of the sketches' rows, m = Σ_{a,b} f(s_a, t_b) / (k_out·k_in) with
+    f(s, t) = Σ_r (sᵀ W_r t)², and independence between rows gives
+
+        Var m = [Var f + (k_in − 1)·c_out + (k_out − 1)·c_in] / (k_out·k_in),
+
+    c_out = Var_s(sᵀ C s) = 2(‖C‖²_F − Σ_j C_jj²) with C = Σ_r W_r W_rᵀ, c_in likewise with Σ_r W_rᵀ W_r.
+    For Var f: f = tᵀ A_s t with A_s = Σ_r W_rᵀ s sᵀ W_r ⪰ 0, so E_t f² ≤ 3 (tr A_s)² = 3 (sᵀ C s)², hence
+    Var f ≤ 2 (tr C)² + 3 c_out. Low-rank gradients make c_out, c_in large (up to the worst case
+    2(tr C)², a rank-one W) and the bound wide; gradients spread over many directions make it tight, which
+    is what lets the check catch a wrongly scaled or partly zeroed projection.
     """
-    return math.sqrt(2 / k_in + 2 / k_out + 4 / (k_in * k_out))
+    N = exact.shape[0]
+    W = exact.reshape(N, dims.d_out, dims.d_in)
+    C = torch.zeros(dims.d_out, dims.d_out, dtype=torch.float64, device=exact.device)
+    step = max(1, 2**24 // max(1, dims.d_out * dims.d_out))  # bounds the batched products' memory
+    for s in range(0, N, step):
+        C += torch.bmm(W[s:s + step], W[s:s + step].transpose(1, 2)).sum(0)
+    flat = exact.reshape(N * dims.d_out, dims.d_in)  # a view: Σ_r W_rᵀ W_r without a copy
+    Din = flat.T @ flat
+    total = float(C.trace())
+    if total == 0:
+        return 0.0
+
+    def quad_var(M: torch.Tensor) -> float:
+        return 2 * float(M.square().sum() - M.diagonal().square().sum())
+
+    c_out, c_in = quad_var(C), quad_var(Din)
+    var_f = 2 * total**2 + 3 * c_out
+    var_m = (var_f + (dims.k_in - 1) * c_out + (dims.k_out - 1) * c_in) / (dims.k_out * dims.k_in)
+    return math.sqrt(var_m) / total
 
 
 def _rel(a, b):
@@ -46,7 +76,8 @@ def unprojected_comparison(
     rel["self_dot"] = {
         k: _rel(s_proj["self_dot"][k]["mean"], s_full["self_dot"][k]["mean"]) for k in s_full["self_dot"]
     }
-    tolerance = 1e-9 if projection_kind == "none" else sigma * sketch_relative_std(dims.k_in, dims.k_out)
+    relative_std = 0.0 if projection_kind == "none" else sketch_relative_std(exact, dims)
+    tolerance = 1e-9 if projection_kind == "none" else sigma * relative_std
     err = rel["self_dot"]["all"]
     return {
         "module": name,
@@ -56,6 +87,8 @@ def unprojected_comparison(
         "relative_difference": rel,
         "fidelity": {
             "self_dot_relative_error": err,
+            "relative_std_bound": relative_std,
+            "sigma": sigma,
             "tolerance": tolerance,
             "passed": err is not None and abs(err) <= tolerance,
         },

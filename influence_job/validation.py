@@ -62,7 +62,8 @@ def run_checks(
                 "projection_fidelity",
                 f["passed"],
                 f"{fidelity['module']}: projected self-dot mean differs by "
-                f"{'n/a' if err is None else f'{err:+.3%}'} from the exact one (tolerance {f['tolerance']:.3g})",
+                f"{'n/a' if err is None else f'{err:+.2%}'} from the exact one (tolerance ±{f['tolerance']:.2%}: "
+                f"{f['sigma']:g} × the sketch's relative standard deviation bound {f['relative_std_bound']:.2%})",
             )
         )
     return {

@@ -28,14 +28,27 @@ def test_pair_product_gram_equals_explicit_rows(n, k_out, k_in, chunk):
 
 
 def test_low_precision_gram_is_accumulated_in_float64():
+    """Float32 products, float64 sums across steps: on integer factors that makes the Gram exact, which no
+    float32 accumulation can be.
+
+    Entries u, v are integers 1..15, so every pair product (≤ 15⁴) and every step's float32 sum (≤ step ×
+    15⁴ < 2²⁴) is an exact float32 integer, whatever the summation order; adding the steps in float64 is
+    exact too (totals ≪ 2⁵³). The totals (~10⁸) exceed 2²⁴, where float32 holds only multiples of 8 or
+    more: a float32 accumulator — a pure float32 Gram included — cannot return them exactly.
+    """
     gen = torch.Generator().manual_seed(1)
-    U = torch.randn(300, 6, generator=gen)
-    V = torch.randn(300, 4, generator=gen)
-    expected = explicit_gram(U.double(), V.double())
-    got = TokenRows(U, V, chunk=64, gram_dtype="float32").gram()
+    n, k_out, k_in, chunk = 65_536, 3, 2, 64
+    U = torch.randint(1, 16, (n, k_out), generator=gen).float()
+    V = torch.randint(1, 16, (n, k_in), generator=gen).float()
+    rows = (U.long()[:, :, None] * V.long()[:, None, :]).reshape(n, -1)
+    exact = rows.T @ rows  # int64: the Gram without any rounding
+    step = chunk * k_out * k_in // (2 * (k_out * (k_out + 1) // 2 + k_in * (k_in + 1) // 2))
+    assert step * 15**4 < 2**24 < int(exact.min())  # the premises above
+    got = TokenRows(U, V, chunk=chunk, gram_dtype="float32").gram()
     assert got.dtype == torch.float64
-    err = float((got - expected).norm() / expected.norm())
-    assert 0 < err < 1e-6  # float32 products, float64 sums across chunks
+    assert torch.equal(got, exact.double())
+    rows32 = rows.float()
+    assert not torch.equal((rows32.T @ rows32).double(), exact.double())  # float32 accumulation is not exact
 
 
 def test_gram_width_counts_pairs():
