@@ -103,7 +103,7 @@ def test_unwritable_output_dir(capsys, tiny_model_dir, tiny_data, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     args = base_args(tiny_model_dir, tiny_data, tmp_path)[:-1] + [str(blocker / "out")]
-    expect_error(capsys, args, "cannot be written", "--output DIR")
+    expect_error(capsys, args, f"{blocker} is a file, not a directory", "Choose a path whose parent is a directory")
 
 
 def test_nan_in_gradients(capsys, tiny_data, tmp_path):
