@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the diagnostic and write the output directory")
     _config_args(run)
     run.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    run.add_argument("--fresh", action="store_true",
+                     help="ignore (and remove) this run's checkpoint instead of resuming from it")
+    run.add_argument("--keep-checkpoint", action="store_true",
+                     help="keep the checkpoint directory after success (same as output.keep_checkpoint)")
     cfg = sub.add_parser("config", help="print the resolved configuration as YAML")
     _config_args(cfg)
     cfg.add_argument("--explain", action="store_true", help="list every field with its default and meaning")
@@ -65,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--dataset", help="data set in the pod (default: the settings' dataset)")
     submit.add_argument("--run-set", dest="run_overrides", metavar="WORDS",
                         help="extra `--set KEY=VALUE` words for the run, e.g. \"--set projection.factor=16\"")
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of an output file")
+    schema.add_argument("what", choices=["results"], help="results: results.json")
 
     exporter = sub.add_parser("exporter", help="serve /metrics for a run's multiprocess metrics directory")
     exporter.add_argument("--dir", type=Path, required=True, help="the prometheus-client multiprocess directory")
@@ -192,7 +199,7 @@ def _stop_line(stop: Stopped, args) -> str:
     out = Path(getattr(args, "output", None) or _output_of(args))
     state = (f"the previous output {out} is intact" if out.exists()
              else f"no output was written to {out}")
-    return f"{line}; nothing new was written: {state}."
+    return f"{line}; nothing new was written: {state}" + (f"; {stop.note}." if stop.note else ".")
 
 
 def _output_of(args) -> Path:
@@ -213,16 +220,26 @@ def _command(args) -> int:
         from influence_job.cluster.publish import publish
 
         return publish(args.results, args.out)
+    if args.command == "schema":
+        import json
+
+        from influence_job.results import results_schema
+
+        print(json.dumps(results_schema(), indent=2))
+        return EXIT_OK
     if args.command == "config":
         if args.explain:
             print("\n".join(explain()))
         else:
             print(dump_config(_resolve(args)), end="")
         return EXIT_OK
-    return _run(_resolve(args))
+    cfg = _resolve(args)
+    if args.keep_checkpoint:
+        cfg.output.keep_checkpoint = True
+    return _run(cfg, args.fresh)
 
 
-def _run(cfg) -> int:
+def _run(cfg, fresh: bool = False) -> int:
     """Run the job with live metrics; push the final summary when a Pushgateway is configured, whether
     the run succeeded, failed validation or stopped on an error."""
     import time
@@ -236,7 +253,7 @@ def _run(cfg) -> int:
     metrics = JobMetrics(cfg.metrics.dir, comm.rank, comm.world)
     t0, results = time.perf_counter(), None
     try:
-        results = run_job(cfg, metrics=metrics, comm=comm).results
+        results = run_job(cfg, metrics=metrics, comm=comm, fresh=fresh).results
     finally:
         wall = time.perf_counter() - t0
         if comm.is_root:  # rank 0 holds the results and speaks for the run

@@ -209,6 +209,15 @@ class OutputConfig(_Section):
         "nothing else than the result files); anything else is refused, as are '.', '..', '/', the home "
         "directory and any parent of the working directory.",
     )
+    checkpoint_dir: Path | None = Field(
+        None,
+        description="Where each module's contribution is saved as soon as it is done, so that an interrupted "
+        "run resumes by repeating its command. Removed after a successful run unless keep_checkpoint.",
+        json_schema_extra={"default_text": "<output.dir>.ckpt"},
+    )
+    keep_checkpoint: bool = Field(
+        False, description="Keep the checkpoint directory after a successful run (`run --keep-checkpoint`)."
+    )
 
 
 class JobConfig(_Section):

@@ -15,6 +15,7 @@ import torch
 
 import influence_job
 from influence_job.capture import ModuleFactors, capture
+from influence_job.checkpoint import Checkpoint, MemoryStore, ModuleContribution, checkpoint_dir, fingerprint, prepare
 from influence_job.config import JobConfig
 from influence_job.data import Dataset, example_data_path, load_dataset
 from influence_job.diagnostics import module_curvature_similarity, offdiag_summary, unprojected_comparison
@@ -31,9 +32,10 @@ from influence_job.engine import make_layout, process_module
 from influence_job.errors import InputError
 from influence_job.metrics import JobMetrics, host_peak_rss_bytes
 from influence_job.model import layer_index, load_model, open_model, select_modules
-from influence_job.outputs import check_target, npz_bytes, results_json_bytes, write_output_dir
+from influence_job.outputs import check_target, json_safe, npz_bytes, write_output_dir
 from influence_job.progress import Progress
 from influence_job.report import render_report
+from influence_job.results import Results
 from influence_job.similarity import matrix_stats
 from influence_job.stops import Stopped, committing
 from influence_job.validation import run_checks
@@ -130,10 +132,27 @@ def _capture(cfg, ds, model, selected, unprojected_name, device, metrics):
     return capture(model, selected, ds, cfg, device, unprojected_name, progress=progress)
 
 
+@dataclass
+class Totals:
+    """The reduce stage's output: every module's contribution summed in module order (rank 0)."""
+
+    raw: np.ndarray
+    hinv: np.ndarray
+    scores: np.ndarray
+    records: list[dict]
+    fidelity: dict | None
+    curvature_similarity: dict[str, list[dict]]
+
+
 def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = None,
-            comm: Comm | None = None) -> RunResult:
-    """The whole job. With several ranks every rank calls it; rank 0 returns the results and writes them,
-    the others return ``results=None``."""
+            comm: Comm | None = None, fresh: bool = False) -> RunResult:
+    """The whole job, stage by stage. With several ranks every rank calls it; rank 0 returns the results and
+    writes them, the others return ``results=None``.
+
+    load → capture → exchange → curvature_solve (each module's contribution saved as it is done) → reduce
+    → statistics/influence/diagnostics → validation → write. A run that writes its output keeps a checkpoint
+    (see checkpoint.py): repeating an interrupted run's command skips the modules it had finished.
+    """
     t_start = time.perf_counter()
     phases = _Phases(metrics)
     comm = comm or init_comm(cfg.compute.device, cfg.compute.timeout_seconds)
@@ -143,77 +162,172 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
         torch.cuda.reset_peak_memory_stats(device)
     with phases("load"):
         ds, model, selected, unprojected_name, model_name = load_inputs(cfg, device)
+        fp = fingerprint(cfg, ds)
+        store = open_store(cfg, fp, len(selected), fresh, write, comm)
+    try:
+        return _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, model, selected,
+                           unprojected_name, model_name, fp, store)
+    except Stopped as stop:
+        stop.note = store.resume_note(len(selected))
+        raise
+
+
+def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, model, selected, unprojected_name,
+                model_name, fp, store) -> RunResult:
+    device, n_modules = comm.device, len(selected)
+    remaining = [i for i in range(n_modules) if i not in store.done]
+    if store.done and comm.is_root:
+        log.info("resuming: %d of %d modules done (from %s); computing the other %d", len(store.done), n_modules,
+                 store.path, len(remaining))
+    unprojected_left = unprojected_name if any(selected[i][0] == unprojected_name for i in remaining) else None
     with phases("capture"):
-        local = _capture(cfg, local_shard(ds, comm), model, selected, unprojected_name, device, metrics)
+        local = _capture(cfg, local_shard(ds, comm), model, [selected[i] for i in remaining], unprojected_left,
+                         device, metrics)
     del model
-    arrays = ds.arrays()
-    N = ds.n
     with phases("exchange"):
-        cap, n_resp, n_rows = merge_metadata(local, comm)
-        layout = make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
-        costs = [module_cost(mf.dims, len(cap.row_token), N, len(ds.prompt_ids), cfg) for mf in local.modules]
-        owners = assign_modules(costs, comm.world)
-        module_names = [mf.name for mf in local.modules]
-        module_layers = [mf.layer for mf in local.modules]
-        owned = exchange_modules(local, owners, n_resp, n_rows, comm)
-    raw = torch.zeros(N, N, dtype=torch.float64, device=device)
-    hinv = torch.zeros_like(raw)
-    scores = torch.zeros(int(layout.token_offsets[-1]), dtype=torch.float64, device=device)
-    records, curv_sim, fidelity = {}, [], None
-    sim_layers = _similarity_layers(cfg, module_layers)
+        cap, layout, owned = exchange_stage(cfg, ds, local, remaining, comm)
     with phases("curvature_solve"):
-        bar = Progress("curvature_solve", len(owned), "module")
-        for k, (i, mf, exact) in enumerate(owned):
-            res = process_module(mf, layout, cfg)
-            raw += res.raw
-            hinv += res.hinv
-            if res.scores is not None:
-                scores += res.scores
-            records[i] = _module_record(mf, res)
-            bar.step(k + 1, f"{mf.name} D={mf.dims.D} {res.route} {res.seconds:.3f} s")
-            if metrics:
-                metrics.module_done(mf.kind, res.route, res.seconds, k + 1, len(module_names))
-            if exact is not None:
-                fidelity = unprojected_comparison(
-                    mf.name, exact, mf.G, mf.dims, arrays["prompt_index"], arrays["accepted"],
-                    cfg.validation.fidelity_sigma, cfg.projection.kind,
-                )
-            if cfg.diagnostics.curvature_similarity and mf.layer in sim_layers and len(layout.prompt_bounds) > 1:
-                curv_sim.append((i, mf.kind, module_curvature_similarity(mf, layout, cfg)))
-            mf.U = mf.V = None  # this module's per-position factors are no longer needed
+        sim_layers = _similarity_layers(cfg, [layer_index(name) for name, _ in selected])
+        solve_stage(owned, layout, ds.arrays()["prompt_index"], sim_layers, cfg, store, metrics, n_modules)
     with phases("reduce"):
-        comm.sum_to_root(raw, "sum RAW")
-        comm.sum_to_root(hinv, "sum HINV")
-        comm.sum_to_root(scores, "sum token scores")
         peak_gpu = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
-        gathered = comm.gather_object(
-            {"records": records, "curv_sim": curv_sim, "fidelity": fidelity, "peak_gpu": peak_gpu,
-             "peak_host": host_peak_rss_bytes(), "phase_seconds": dict(phases.seconds)}, "gather module results")
+        totals, gathered = reduce_stage(store, n_modules, int(layout.token_offsets[-1]), ds.n, comm, {
+            "peak_gpu": peak_gpu, "peak_host": host_peak_rss_bytes(), "phase_seconds": dict(phases.seconds)})
     if not comm.is_root:
         return RunResult(results=None, raw=None, hinv=None, rows={}, phase_seconds=phases.seconds)
-    records = {i: r for g in gathered for i, r in g["records"].items()}
-    modules_out = [records[i] for i in range(len(module_names))]
-    fidelity = next((g["fidelity"] for g in gathered if g["fidelity"] is not None), None)
-    curv_by_kind: dict[str, list] = {}
-    for _, kind, mats in sorted((c for g in gathered for c in g["curv_sim"]), key=lambda c: c[0]):
-        curv_by_kind.setdefault(kind, []).append(mats)
     with phases("statistics"):
-        raw_np, hinv_np = raw.cpu().numpy(), hinv.cpu().numpy()
-        similarity = {
-            "raw": matrix_stats(raw_np, arrays["prompt_index"], arrays["accepted"]),
-            "hinv": matrix_stats(hinv_np, arrays["prompt_index"], arrays["accepted"]),
-        }
-        rows = _influence_rows(ds, cap, layout, scores.cpu().numpy(), cfg.influence.enabled)
-        curvature_similarity = {kind: _kind_similarity(mats) for kind, mats in curv_by_kind.items()}
+        results, rows = assemble_results(cfg, ds, cap, layout, totals, model_name, fp, device, comm.world)
+    results["checkpoint"] = {"dir": str(store.path) if store.path else None,
+                             "resumed_modules": len(store.done), "computed_modules": n_modules - len(store.done)}
+    # Measured before writing: the write phase is in the log but not in results.json.
+    results["performance"] = {
+        "wall_seconds": time.perf_counter() - t_start,
+        "phase_seconds": dict(phases.seconds),
+        "hessian_solve_seconds": sum(m["solve_seconds"] for m in totals.records),  # summed over ranks' work
+        "peak_gpu_mem_bytes": max(g["peak_gpu"] for g in gathered),  # the largest rank's peak
+        "peak_host_mem_bytes": max(g["peak_host"] for g in gathered),
+        # Each rank's phases up to the reduce (phase_seconds above are rank 0's, which writes the result).
+        "rank_phase_seconds": [g["phase_seconds"] for g in gathered],
+    }
+    typed = Results.model_validate(json_safe(results))  # the contract, checked before anything is written
+    results = typed.as_dict()
+    if write:
+        arrays = ds.arrays()
+        with phases("write"), committing():
+            write_output_dir(out_dir, {
+                "results.json": (typed.model_dump_json(by_alias=True, indent=2) + "\n").encode(),
+                "similarity.npz": npz_bytes({
+                    "raw": totals.raw, "hinv": totals.hinv, "prompt_index": arrays["prompt_index"],
+                    "accepted": arrays["accepted"], "reward": arrays["reward"],
+                    "advantage": arrays["advantage"], "log_prob": cap.log_prob,
+                }),
+                "influence_rows.npz": npz_bytes(rows),
+                "report.md": render_report(results).encode(),
+            })
+        if not cfg.output.keep_checkpoint:
+            store.remove()
+    return RunResult(results=results, raw=totals.raw, hinv=totals.hinv, rows=rows, phase_seconds=phases.seconds)
+
+
+def open_store(cfg: JobConfig, fp: dict, n_modules: int, fresh: bool, write: bool, comm: Comm):
+    """Where module contributions go: the run's checkpoint directory when it writes an output (rank 0 checks
+    it and tells the other ranks which modules are done), else memory."""
+    if not write:
+        return MemoryStore()
+    ckpt = prepare(cfg, fp, n_modules, fresh) if comm.is_root else None
+    done = comm.all_gather_object(sorted(ckpt.done) if ckpt else None, "share the checkpoint's finished modules")[0]
+    if ckpt is None:
+        ckpt = Checkpoint(checkpoint_dir(cfg).resolve(), fp)
+        ckpt.done = {i: ckpt.file(i) for i in done}
+    return ckpt
+
+
+def exchange_stage(cfg: JobConfig, ds: Dataset, local, remaining: list[int], comm: Comm):
+    """Every rank's per-response metadata to every rank, and each remaining module's factors to its owner
+    (owners balance the estimated cost). Returns the merged metadata, the layout, and this rank's modules
+    as (module index, factors, exact gradients of the comparison module or None)."""
+    arrays = ds.arrays()
+    cap, n_resp, n_rows = merge_metadata(local, comm)
+    layout = make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
+    costs = [module_cost(mf.dims, len(cap.row_token), ds.n, len(ds.prompt_ids), cfg) for mf in local.modules]
+    owners = assign_modules(costs, comm.world)
+    owned = exchange_modules(local, owners, n_resp, n_rows, comm)
+    return cap, layout, [(remaining[j], mf, exact) for j, mf, exact in owned]
+
+
+def solve_stage(owned, layout, prompt_index: np.ndarray, sim_layers: set, cfg: JobConfig, store,
+                metrics: JobMetrics | None, n_modules: int) -> None:
+    """Curvature + solve of this rank's modules, one at a time, with the diagnostics that need a module's
+    factors; each contribution is saved as soon as it is done (a stop loses at most the module in progress)."""
+    bar = Progress("curvature_solve", len(owned), "module")
+    for k, (i, mf, exact) in enumerate(owned):
+        res = process_module(mf, layout, cfg)
+        fidelity = curv = None
+        if exact is not None:
+            fidelity = unprojected_comparison(
+                mf.name, exact, mf.G, mf.dims, prompt_index, layout.accepted,
+                cfg.validation.fidelity_sigma, cfg.projection.kind,
+            )
+        if cfg.diagnostics.curvature_similarity and mf.layer in sim_layers and len(layout.prompt_bounds) > 1:
+            curv = module_curvature_similarity(mf, layout, cfg)
+        store.save(ModuleContribution(
+            index=i, record=_module_record(mf, res), raw=res.raw.cpu().numpy(), hinv=res.hinv.cpu().numpy(),
+            scores=None if res.scores is None else res.scores.cpu().numpy(), fidelity=fidelity,
+            curvature_similarity=curv,
+        ))
+        mf.U = mf.V = None  # this module's per-position factors are no longer needed
+        bar.step(k + 1, f"{mf.name} D={mf.dims.D} {res.route} {res.seconds:.3f} s")
+        if metrics:
+            metrics.module_done(mf.kind, res.route, res.seconds, k + 1, n_modules)
+
+
+def reduce_stage(store, n_modules: int, n_tokens: int, n_responses: int, comm: Comm, extras: dict):
+    """Rank 0 sums every module's contribution in module order, whichever run or rank computed it.
+
+    The gather is also the barrier: when rank 0 has every rank's object, every rank has saved its modules.
+    Returns (totals, every rank's ``extras``) on rank 0 and (None, None) elsewhere.
+    """
+    gathered = comm.gather_object({**extras, "contributions": store.handover()}, "gather module results")
+    if not comm.is_root:
+        return None, None
+    for g in gathered:
+        store.take(g.pop("contributions"))
+    raw = np.zeros((n_responses, n_responses))
+    hinv = np.zeros_like(raw)
+    scores = np.zeros(n_tokens)
+    records, fidelity, curv = [], None, {}
+    for i in range(n_modules):
+        c = store.load(i)
+        raw += c.raw
+        hinv += c.hinv
+        if c.scores is not None:
+            scores += c.scores
+        records.append(c.record)
+        fidelity = fidelity or c.fidelity
+        if c.curvature_similarity is not None:
+            curv.setdefault(c.record["kind"], []).append(c.curvature_similarity)
+    return Totals(raw, hinv, scores, records, fidelity, curv), gathered
+
+
+def assemble_results(cfg: JobConfig, ds: Dataset, cap, layout, totals: Totals, model_name: str, fp: dict,
+                     device: torch.device, world: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Statistics, influence rows, diagnostics and validation from the summed contributions."""
+    arrays = ds.arrays()
+    similarity = {
+        "raw": matrix_stats(totals.raw, arrays["prompt_index"], arrays["accepted"]),
+        "hinv": matrix_stats(totals.hinv, arrays["prompt_index"], arrays["accepted"]),
+    }
+    rows = _influence_rows(ds, cap, layout, totals.scores, cfg.influence.enabled)
     warnings = _data_warnings(cfg, rows)
     skipped_tokens = np.repeat(rows["skipped"], np.diff(rows["token_offsets"]))
+    modules_out = totals.records
     failed = [f"{m['name']} ({m['failed_factorisations']})" for m in modules_out if m["failed_factorisations"]]
     validation = run_checks(
-        N, len(rows["response_index"]), raw_np, hinv_np, rows["scores"], rows["entropy"], skipped_tokens,
-        failed, sum(m["factorisations"] for m in modules_out), fidelity, cfg.curvature.scope,
+        ds.n, len(rows["response_index"]), totals.raw, totals.hinv, rows["scores"], rows["entropy"], skipped_tokens,
+        failed, sum(m["factorisations"] for m in modules_out), totals.fidelity, cfg.curvature.scope,
     )
     results = {
-        "n_responses": N,
+        "n_responses": ds.n,
         "n_prompts": len(ds.prompt_ids),
         "n_accepted": int(arrays["accepted"].sum()),
         "n_rejected": int((~arrays["accepted"]).sum()),
@@ -230,36 +344,15 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
             "aggregate": cfg.influence.aggregate,
             "exclude_self": cfg.influence.exclude_self,
         },
-        "unprojected_comparison": fidelity,
-        "curvature_similarity": curvature_similarity,
+        "unprojected_comparison": totals.fidelity,
+        "curvature_similarity": {kind: _kind_similarity(m) for kind, m in totals.curvature_similarity.items()},
         "validation": validation,
         "warnings": warnings,
+        "fingerprint": fp,
         "config": cfg.model_dump(mode="json"),
-        "environment": _environment(device, comm.world),
+        "environment": _environment(device, world),
     }
-    # Measured before writing: the write phase is in the log but not in results.json.
-    results["performance"] = {
-        "wall_seconds": time.perf_counter() - t_start,
-        "phase_seconds": dict(phases.seconds),
-        "hessian_solve_seconds": sum(m["solve_seconds"] for m in modules_out),  # summed over ranks' work
-        "peak_gpu_mem_bytes": max(g["peak_gpu"] for g in gathered),  # the largest rank's peak
-        "peak_host_mem_bytes": max(g["peak_host"] for g in gathered),
-        # Each rank's phases up to the reduce (phase_seconds above are rank 0's, which writes the result).
-        "rank_phase_seconds": [g["phase_seconds"] for g in gathered],
-    }
-    if write:
-        with phases("write"), committing():
-            write_output_dir(out_dir, {
-                "results.json": results_json_bytes(results),
-                "similarity.npz": npz_bytes({
-                    "raw": raw_np, "hinv": hinv_np, "prompt_index": arrays["prompt_index"],
-                    "accepted": arrays["accepted"], "reward": arrays["reward"],
-                    "advantage": arrays["advantage"], "log_prob": cap.log_prob,
-                }),
-                "influence_rows.npz": npz_bytes(rows),
-                "report.md": render_report(results).encode(),
-            })
-    return RunResult(results=results, raw=raw_np, hinv=hinv_np, rows=rows, phase_seconds=phases.seconds)
+    return results, rows
 
 
 def _data_warnings(cfg: JobConfig, rows: dict[str, np.ndarray]) -> list[str]:

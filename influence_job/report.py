@@ -126,7 +126,8 @@ def summary_lines(r: dict, out_dir) -> list[str]:
     lines += [
         f"(per-prompt pair means over {r['n_responses']} responses, {r['n_prompts']} prompts, "
         f"{len(r['modules'])} modules)",
-        f"rows emitted {val['rows_emitted']}, skipped {r['influence']['skipped_rows']}, "
+        f"rows emitted {val['rows_emitted']} ({r['influence']['skipped_rows']} of them skipped: prompts without "
+        "an accepted/rejected contrast), "
         f"wall {r['performance']['wall_seconds']:.1f} s, solve {r['performance']['hessian_solve_seconds']:.2f} s",
         f"validation: {'PASSED' if val['passed'] else 'FAILED (' + ', '.join(failed) + ')'}",
         f"output: {out_dir}",

@@ -28,6 +28,7 @@ class Stopped(BaseException):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.phase: str | None = None
+        self.note: str | None = None  # what was kept, e.g. the checkpoint's saved modules
 
     @property
     def name(self) -> str:

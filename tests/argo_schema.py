@@ -1,4 +1,5 @@
-"""Validation of Argo objects against ../shared/schemas/argo-workflows.schema.json, with the in-memory
+"""Validation of Argo objects against Argo's JSON schema (tests/schemas/, a copy of the project's
+shared/schemas/argo-workflows.schema.json), with the in-memory
 patches its README describes: IntOrString accepts integers, and every object definition that lists
 properties rejects unknown keys (so a misspelled key is an error)."""
 
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import jsonschema
 
-# The project's shared/ folder lies beside the checkout (CI lays a copy there); ARGO_SCHEMA may point elsewhere.
-SCHEMA = Path(os.environ.get("ARGO_SCHEMA") or
-              Path(__file__).resolve().parents[2] / "shared" / "schemas" / "argo-workflows.schema.json")
+# The copy in tests/schemas/ (so that any clone passes); ARGO_SCHEMA may point elsewhere.
+BUNDLED = Path(__file__).resolve().parent / "schemas" / "argo-workflows.schema.json"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "argo-workflows.schema.json"
+SCHEMA = Path(os.environ.get("ARGO_SCHEMA") or BUNDLED)
 KINDS = {
     "Workflow": "io.argoproj.workflow.v1alpha1.Workflow",
     "WorkflowTemplate": "io.argoproj.workflow.v1alpha1.WorkflowTemplate",
@@ -25,7 +27,7 @@ KINDS = {
 @lru_cache(maxsize=1)
 def _definitions() -> dict:
     if not SCHEMA.is_file():
-        raise FileNotFoundError(f"Argo's schema is not at {SCHEMA}: check out beside shared/, or set ARGO_SCHEMA")
+        raise FileNotFoundError(f"Argo's schema is not at {SCHEMA}: set ARGO_SCHEMA to a copy of it")
     schema = json.loads(SCHEMA.read_text())
     defs = copy.deepcopy(schema["definitions"])
     defs["io.k8s.apimachinery.pkg.util.intstr.IntOrString"] = {"anyOf": [{"type": "string"}, {"type": "integer"}]}

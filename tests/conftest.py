@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -42,6 +43,19 @@ def _qwen2_in_float64():
     float64 run is exact to float64 rounding whatever CPU kernels PyTorch picks (see float64_qwen2.py)."""
     with float64_qwen2():
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _subprocess_temp_files(tmp_path_factory):
+    """Commands the tests start keep their temporary files (torchrun's torchelastic_* folders) under pytest's
+    own temporary folder, which pytest prunes, instead of leaving them in /tmp."""
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("subprocess-tmp"))
+    yield
+    if saved is None:
+        os.environ.pop("TMPDIR")
+    else:
+        os.environ["TMPDIR"] = saved
 
 
 def tiny_config(**over) -> Qwen2Config:

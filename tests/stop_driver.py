@@ -2,9 +2,11 @@
 
     python stop_driver.py PHASE SIGNAL COUNT -- influence-job arguments...
 
-PHASE is a phase name (the signal goes out as that phase starts, i.e. inside it) or ``write-files`` (after
-the second file of the output's write, i.e. between files). COUNT signals are sent back to back. The signal
-is real (os.kill of this process) and is handled by the installed handlers exactly as an external one.
+PHASE is a phase name (the signal goes out as that phase starts, i.e. inside it), ``module:K`` (when the
+progress line of the K-th module of [curvature_solve] is logged, i.e. after K modules were saved) or
+``write-files`` (after the second file of the output's write, i.e. between files). COUNT signals are sent
+back to back. The signal is real (os.kill of this process) and is handled by the installed handlers exactly
+as an external one. The model runs as float64_qwen2.py's float64 Qwen2, so that exact comparisons hold.
 """
 
 import logging
@@ -12,8 +14,12 @@ import os
 import signal
 import sys
 
+import float64_qwen2
+
 from influence_job import outputs
 from influence_job.cli import main
+
+float64_qwen2.apply()
 
 phase, sig, count = sys.argv[1], getattr(signal, sys.argv[2]), int(sys.argv[3])
 argv = sys.argv[sys.argv.index("--") + 1:]
@@ -29,17 +35,21 @@ if phase == "write-files":
 
     def write_then_signal(path, data):
         real(path, data)
-        written.append(path)
-        if len(written) == 2:
-            send()
+        if ".partial-" in path.parent.name:  # the output's staging directory, not a checkpoint file
+            written.append(path)
+            if len(written) == 2:
+                send()
 
     outputs.atomic_write_bytes = write_then_signal
 else:
-    class AtPhaseStart(logging.Handler):
+    trigger = (f"[curvature_solve] module {phase.split(':')[1]}/" if phase.startswith("module:")
+               else f"[{phase}] ...")
+
+    class AtLogLine(logging.Handler):
         def emit(self, record):
-            if record.getMessage() == f"[{phase}] ...":
+            if record.getMessage().startswith(trigger):
                 send()
 
-    logging.getLogger("influence_job").addHandler(AtPhaseStart())
+    logging.getLogger("influence_job").addHandler(AtLogLine())
 
 sys.exit(main(argv))

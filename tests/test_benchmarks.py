@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("engine_cpu.py", [], "speedup vs original method: one process"),
     ("default_diagnostic.py", ["--small", "--device", "cpu"], "targets (for the 1.5B model"),
     ("token_gram.py", ["--small", "--device", "cpu", "--repeats", "1"], "pair-product Gram vs plain row GEMM:"),
+    ("checkpoint_cost.py", [], "checkpoint save vs module compute"),
 ])
 def test_benchmark_runs_and_its_checks_can_fail(script, args, last, tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}

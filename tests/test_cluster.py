@@ -10,7 +10,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from argo_schema import errors
+from argo_schema import BUNDLED, SHARED, errors
 from hera.workflows import models as hm
 
 from influence_job.cli import main
@@ -37,6 +37,11 @@ def test_objects_validate_against_argo_schema_and_round_trip(settings):
         assert errors(doc) == [], doc["kind"]
         model = HERA_MODELS[doc["kind"]].model_validate(doc)
         assert model.model_dump(by_alias=True, exclude_none=True) == doc
+
+
+@pytest.mark.skipif(not SHARED.is_file(), reason="no shared/ folder beside this checkout to compare with")
+def test_bundled_argo_schema_is_the_shared_one():
+    assert BUNDLED.read_bytes() == SHARED.read_bytes()
 
 
 def test_schema_patch_rejects_a_misspelled_key():
@@ -155,3 +160,29 @@ def test_dockerfile_passes_hadolint():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     docker = (ROOT / "Dockerfile").read_text()
     assert "USER 10001" in docker and 'ENTRYPOINT ["influence-job"]' in docker
+
+
+def test_run_script_keeps_the_checkpoint_with_the_workflow(tmp_path):
+    """The run container's own shell script, run by sh as Argo would after substituting its parameters, with a
+    stand-in `torchrun` on PATH that prints its arguments: the checkpoint path is keyed by the workflow's name
+    (what a retried pod of the same workflow sees), not by the pod."""
+    wt = hera_docs(ClusterSettings())[0]
+    run = next(t for t in wt["spec"]["templates"] if t["name"] == "run")
+    values = {"workflow.name": "influence-diagnostic-x7k2p", "inputs.parameters.gpus": "8",
+              "inputs.parameters.model": "/data/m", "inputs.parameters.dataset": "/data/d.jsonl",
+              "inputs.parameters.overrides": "--set projection.factor=16"}
+
+    def substitute(text: str) -> str:
+        for key, value in values.items():
+            text = text.replace("{{%s}}" % key, value)
+        return text
+
+    (tmp_path / "torchrun").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "torchrun").chmod(0o755)
+    env = {e["name"]: substitute(e.get("value", "")) for e in run["container"]["env"]}
+    env["PATH"] = f"{tmp_path}:/usr/bin:/bin"
+    script = substitute(run["container"]["command"][2])
+    words = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, check=True).stdout.split()
+    assert words[words.index("--output") + 1] == "/results/influence-diagnostic-x7k2p"
+    assert "output.checkpoint_dir=/results/influence-diagnostic-x7k2p.ckpt" in words
+    assert words[-2:] == ["--set", "projection.factor=16"]  # the user's overrides come last and win

@@ -151,16 +151,20 @@ def _stop_lines(stderr: str) -> list[str]:
 @pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_stop_in_each_phase_keeps_previous_result(previous, tmp_path, phase, sig, code):
+    """Before [curvature_solve] nothing is saved; from [reduce] on every module is in the checkpoint."""
     out = lay_out(previous, tmp_path)
     proc = driven(phase, sig, 1, out, tmp_path)
     assert proc.returncode == code, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    saved = PHASES.index(phase) > PHASES.index("curvature_solve")
+    note = f"; 14 of 14 modules are saved in {tmp_path / 'out.ckpt'}: run the same command to resume" if saved else ""
     assert _stop_lines(proc.stderr) == [
         f"influence-job: stopped by {sig} during [{phase}]; nothing new was written: the previous output "
-        f"{out} is intact."
+        f"{out} is intact{note}."
     ]
     assert snapshot(out) == previous
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging directory, no temporary file
+    # no staging directory, no temporary file; the checkpoint once modules are saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.ckpt"] if saved else ["out"]
 
 
 def test_stop_without_previous_output_says_so(tmp_path):
@@ -187,19 +191,20 @@ def test_second_signal_during_the_write_stops_it_cleanly(previous, tmp_path):
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert _stop_lines(proc.stderr)[-1].startswith("influence-job: stopped by SIGTERM during [write]")
     assert snapshot(out) == previous
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.ckpt"]
 
 
 def test_hard_kill_leftovers_are_removed_by_the_next_run(previous, tmp_path):
     out = lay_out(previous, tmp_path)
     killed = driven("write-files", "SIGKILL", 1, out, tmp_path)
     assert killed.returncode == -signal.SIGKILL
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "out"]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("out", "out.ckpt")]
     assert len(leftovers) == 1 and leftovers[0].startswith("out.partial-")  # what a SIGKILL leaves
     assert snapshot(out) == previous
     proc = run_cli(["--output", str(out)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"removed {tmp_path / leftovers[0]}, left by an interrupted run" in proc.stderr
+    assert "resuming: 14 of 14 modules done" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

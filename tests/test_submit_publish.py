@@ -98,8 +98,8 @@ def submit(url, *extra):
 def test_submit_posts_a_valid_workflow_with_the_token_and_waits(argo, capsys):
     code = submit(argo, "--wait", "--model", "/data/models/m", "--dataset", "/data/d.jsonl",
                   "--run-set", "--set curvature.source=response", "--set", "gpus=2")
-    out = capsys.readouterr().out
-    assert code == 0, out
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
     assert "submitted workflow influence-diagnostic-x7k2p in namespace ml" in out
     assert "finished: Succeeded" in out and "rows-emitted" in out and "96" in out
     (namespace, wf), = FakeArgo.received

@@ -4,11 +4,12 @@ that the workflow's status is the validation verdict."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from influence_job.cluster.workflows import PUBLISHED
+from influence_job.errors import InputError
+from influence_job.results import read_results
 
 
 def lookup(results: dict, dotted: str):
@@ -33,10 +34,10 @@ def publish(results_dir: Path, out_dir: Path, echo=print) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / "results.json"
     try:
-        results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        results = read_results(path).as_dict()  # through the typed model: a broken result fails here
+    except InputError as exc:
         results = {}
-        echo(f"publish: no readable result at {path} ({exc}); the run step failed before writing its outputs "
+        echo(f"publish: no valid result at {path} ({exc}); the run step failed before writing its outputs "
              "(see the run step's logs).")
     for name, dotted in PUBLISHED.items():
         (out_dir / name).write_text(_text(lookup(results, dotted)))

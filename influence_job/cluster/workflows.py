@@ -26,6 +26,8 @@ from influence_job.cluster.settings import ClusterSettings
 
 LABELS = {"app.kubernetes.io/name": "influence-job", "app.kubernetes.io/part-of": "influence-job"}
 RESULTS_DIR = "/results/{{workflow.name}}"
+# Keyed by the workflow, not the pod: a retried pod of the same workflow finds it and resumes.
+CHECKPOINT_DIR = "/results/{{workflow.name}}.ckpt"
 OUTPUTS_DIR = "/tmp/outputs"
 METRICS_DIR = "/metrics"
 CONFIG_FILE = "/etc/influence-job/config.yaml"
@@ -47,7 +49,8 @@ config=""
 if [ -f {CONFIG_FILE} ]; then config="--config {CONFIG_FILE}"; fi
 # $config and $OVERRIDES are split into words on purpose: OVERRIDES holds `--set KEY=VALUE` words.
 exec torchrun --nproc-per-node "$GPUS" --no-python influence-job run $config \\
-  --set model.builtin=null --set "model.path=$MODEL" --set "data.path=$DATASET" --output "$OUT" $OVERRIDES
+  --set model.builtin=null --set "model.path=$MODEL" --set "data.path=$DATASET" --output "$OUT" \\
+  --set "output.checkpoint_dir=$CHECKPOINT" $OVERRIDES
 """
 
 
@@ -106,6 +109,7 @@ def _run_template(s: ClusterSettings) -> Container:
             m.EnvVar(name="OVERRIDES", value=_inp("overrides")),
             m.EnvVar(name="GPUS", value=_inp("gpus")),
             m.EnvVar(name="OUT", value=RESULTS_DIR),
+            m.EnvVar(name="CHECKPOINT", value=CHECKPOINT_DIR),
             m.EnvVar(name="PROMETHEUS_MULTIPROC_DIR", value=METRICS_DIR),
             m.EnvVar(name="INFLUENCE_PUSHGATEWAY", value=s.pushgateway),
         ],
