@@ -243,7 +243,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def results_json_bytes(results: dict) -> bytes:
-    return (json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n").encode()

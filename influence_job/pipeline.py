@@ -1,5 +1,8 @@
-"""The whole job as one function: config → data → model → capture → curvature+solve → statistics →
-influence rows → diagnostics + validation → outputs. Each phase is timed and reported as it goes."""
+"""The job as stages over plain data, each a timed phase: load (config, data, model, fingerprint, checkpoint)
+→ capture (u, v, G of the modules still to do) → exchange (factors to the ranks that own modules) →
+curvature_solve (one module at a time; each contribution saved to the checkpoint as it is done) → reduce
+(every module's contribution summed in module order) → statistics (statistics, influence rows,
+diagnostics, validation, the typed results) → write (the output directory, atomically)."""
 
 from __future__ import annotations
 
