@@ -70,6 +70,29 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--run-set", dest="run_overrides", metavar="WORDS",
                         help="extra `--set KEY=VALUE` words for the run, e.g. \"--set projection.factor=16\"")
 
+    cmp = sub.add_parser("compare", help="compare a run with a baseline: exit 0 pass, 1 regression, 2 bad input, "
+                         "5 not comparable")
+    cmp.add_argument("baseline", type=Path, help="baseline output directory (or its results.json)")
+    cmp.add_argument("candidate", type=Path, help="candidate output directory (or its results.json)")
+    cmp.add_argument("--tolerances", type=Path, help="YAML file of tolerances and cost budgets (see README)")
+    cmp.add_argument("--format", choices=["text", "json", "markdown"], default="text", help="table format")
+    cmp.add_argument("--outputs", type=Path, metavar="DIR", action="append", default=[],
+                     help="also write verdict, regressions, comparable, compare.md and compare.json here "
+                     "(repeatable)")
+    cmp.add_argument("--promote-if-missing", action="store_true",
+                     help="no baseline yet (first night): promote the candidate to BASELINE and pass")
+    cmp.add_argument("--pushgateway", default=os.environ.get("INFLUENCE_PUSHGATEWAY") or None, metavar="URL",
+                     help="push the verdict there (default: $INFLUENCE_PUSHGATEWAY; unset: no push)")
+    cmp.add_argument("--job", default="influence_job", help="Pushgateway grouping label 'job'")
+    cmp.add_argument("--instance", default="influence-nightly", help="Pushgateway grouping label 'instance'")
+
+    base = sub.add_parser("baseline", help="manage baselines for compare")
+    base_sub = base.add_subparsers(dest="baseline_command", required=True)
+    promote = base_sub.add_parser("promote", help="make a run's result the baseline (atomic; records who/when/which)")
+    promote.add_argument("run", type=Path, help="the run's output directory")
+    promote.add_argument("--to", type=Path, required=True, help="the baseline directory (replaced atomically)")
+    promote.add_argument("--reason", default="promoted by hand", help="recorded in baseline.json")
+
     schema = sub.add_parser("schema", help="print the JSON Schema of an output file")
     schema.add_argument("what", choices=["results"], help="results: results.json")
 
@@ -179,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         except Stopped as stop:
             print(f"influence-job: {_stop_line(stop, args)}", file=sys.stderr)
             return stop.exit_code
+        except BrokenPipeError:  # stdout closed early (e.g. `| head`): stop quietly, as other commands do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         except KeyboardInterrupt:  # a SIGINT outside the handlers' reach (another thread's command)
             print("influence-job: stopped by SIGINT", file=sys.stderr)
             return 130
@@ -220,6 +246,14 @@ def _command(args) -> int:
         from influence_job.cluster.publish import publish
 
         return publish(args.results, args.out)
+    if args.command == "compare":
+        return _compare(args)
+    if args.command == "baseline":
+        from influence_job.baseline import promote
+
+        record = promote(args.run, args.to, args.reason)
+        print(f"baseline {args.to} is now {record['run']} ({record['promoted_by']}, {record['promoted_at']})")
+        return EXIT_OK
     if args.command == "schema":
         import json
 
@@ -237,6 +271,34 @@ def _command(args) -> int:
     if args.keep_checkpoint:
         cfg.output.keep_checkpoint = True
     return _run(cfg, args.fresh)
+
+
+def _compare(args) -> int:
+    from influence_job.baseline import promote
+    from influence_job.compare import (
+        Comparison,
+        check_inputs,
+        compare,
+        load_tolerances,
+        push_verdict,
+        render,
+        write_outputs,
+    )
+
+    tolerances = load_tolerances(args.tolerances)
+    if args.promote_if_missing and not args.baseline.exists():
+        record = promote(args.candidate, args.baseline, "first night: no baseline yet")
+        cmp = Comparison(True, [], [],
+                         note=f"first night: no baseline yet, {record['run']} promoted to {args.baseline}")
+    else:
+        check_inputs(args.baseline, args.candidate)
+        cmp = compare(args.baseline, args.candidate, tolerances)
+    print(render(cmp, args.format))
+    for out in args.outputs:
+        write_outputs(cmp, out)
+    if args.pushgateway:
+        push_verdict(args.pushgateway, cmp, args.job, args.instance)
+    return cmp.exit_code
 
 
 def _run(cfg, fresh: bool = False) -> int:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".influence-job"
 RESULT_FILES = ("results.json", "similarity.npz", "influence_rows.npz", "report.md")
+OWN_FILES = (*RESULT_FILES, "baseline.json")  # a baseline is an output directory plus its record
 _TEMP_FILE = re.compile(r"^\..+\.tmp-\d+$")
 
 
@@ -47,7 +48,7 @@ def _foreign_entries(path: Path) -> list[str]:
     """Entries of ``path`` that a run does not write (its files, the marker, its temporary files)."""
     return sorted(
         p.name for p in path.iterdir()
-        if not (p.is_file() and (p.name in RESULT_FILES or p.name == MARKER or _TEMP_FILE.match(p.name)))
+        if not (p.is_file() and (p.name in OWN_FILES or p.name == MARKER or _TEMP_FILE.match(p.name)))
     )
 
 

@@ -186,3 +186,19 @@ def test_run_script_keeps_the_checkpoint_with_the_workflow(tmp_path):
     assert words[words.index("--output") + 1] == "/results/influence-diagnostic-x7k2p"
     assert "output.checkpoint_dir=/results/influence-diagnostic-x7k2p.ckpt" in words
     assert words[-2:] == ["--set", "projection.factor=16"]  # the user's overrides come last and win
+
+
+def test_nightly_compares_by_default_and_publishes_the_verdict():
+    cron = hera_docs(ClusterSettings())[1]
+    args = {p["name"]: p["value"] for p in cron["spec"]["workflowSpec"]["arguments"]["parameters"]}
+    assert args["compare"] == "true" and args["baseline"] == "/results/baseline"
+    templates = {t["name"]: t for t in cron["spec"]["workflowSpec"]["templates"]}
+    steps = [s["name"] for group in templates["nightly"]["steps"] for s in group]
+    assert steps == ["diagnostic", "compare"]
+    command = templates["compare"]["container"]["command"]
+    assert command[:4] == ["influence-job", "compare", "{{inputs.parameters.baseline}}", "/results/{{workflow.name}}"]
+    assert "--promote-if-missing" in command and "/results/{{workflow.name}}.compare" in command
+    outputs = {p["name"]: p["valueFrom"]["path"] for p in templates["compare"]["outputs"]["parameters"]}
+    assert outputs == {"verdict": "/tmp/outputs/verdict", "regressions": "/tmp/outputs/regressions",
+                       "comparable": "/tmp/outputs/comparable"}
+    assert errors(cron) == []

@@ -45,10 +45,16 @@ def observed_run(tmp_path_factory):
         run = subprocess.run(
             ["torchrun", "--standalone", "--nproc-per-node", "2", "--no-python", "influence-job", "run",
              "--output", str(tmp / "out"), "--set", f"metrics.dir={mp}", "--set", f"metrics.pushgateway={pg_url}",
-             "--set", "metrics.instance=metrics-test"],
+             "--set", "metrics.instance=influence-nightly"],
             capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
         )
         assert run.returncode == 0, run.stderr[-3000:]
+        # the nightly's compare step, twice: the first night promotes the run, the second compares with it
+        for _ in range(2):
+            cmp = subprocess.run(["influence-job", "compare", str(tmp / "baseline"), str(tmp / "out"),
+                                  "--promote-if-missing", "--pushgateway", pg_url, "--instance", "influence-nightly"],
+                                 capture_output=True, text=True, timeout=120)
+            assert cmp.returncode == 0, cmp.stdout[-2000:] + cmp.stderr[-2000:]
         results = json.loads((tmp / "out" / "results.json").read_text())
         yield {"prometheus": prom_url, "pushgateway": pg_url, "exporter": f"http://127.0.0.1:{exporter_port}",
                "results": results, "multiproc": mp}
@@ -83,9 +89,12 @@ def test_live_series_arrive_with_plausible_values(observed_run):
 
 def test_pushgateway_serves_final_metrics_and_prometheus_sees_them(observed_run):
     text = get(observed_run["pushgateway"] + "/metrics")
-    assert 'influence_job_run_success{instance="metrics-test",job="influence_job"} 1' in text
+    assert 'influence_job_run_success{instance="influence-nightly",job="influence_job"} 1' in text
+    # the compare step added its verdict to the same group without removing the run's metrics
+    assert 'influence_job_compare_passed{instance="influence-nightly",job="influence_job"} 1' in text
+    assert 'influence_job_compare_cost_ratio{instance="influence-nightly",job="influence_job",quantity="wall"}' in text
     results = observed_run["results"]
-    got = wait_for(observed_run["prometheus"], 'influence_job_run_rows_emitted{instance="metrics-test"}',
+    got = wait_for(observed_run["prometheus"], 'influence_job_run_rows_emitted{instance="influence-nightly"}',
                    lambda r: True)
     assert value(got) == results["validation"]["rows_emitted"]
     hinv = value(query(observed_run["prometheus"], "influence_job_run_hinv_per_prompt_acc_acc_dot_mean"))
@@ -98,6 +107,7 @@ def test_every_dashboard_query_returns_data(observed_run):
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert len(exprs) >= 20
     wait_for(observed_run["prometheus"], "influence_job_run_success", lambda r: True)
+    wait_for(observed_run["prometheus"], "influence_job_compare_cost_ratio", lambda r: True)  # pushed last
     empty = [e for e in exprs if not query(observed_run["prometheus"], e)]
     assert empty == [], f"dashboard queries without data: {empty}"
 

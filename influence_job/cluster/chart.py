@@ -42,6 +42,17 @@ class PodMonitorValues(_Base):
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels (to match your Prometheus).")
 
 
+class PrometheusRuleValues(_Base):
+    enabled: bool = Field(
+        False, description="Create a Prometheus-operator PrometheusRule with the alerts of "
+        "rules/influence-job.rules.yaml (nightly failed or stale, regression, cost over budget, validation "
+        "failed, non-finite values).",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels (to match your Prometheus's ruleSelector)."
+    )
+
+
 class DashboardValues(_Base):
     enabled: bool = Field(True, description="Ship the Grafana dashboard ConfigMap (label grafana_dashboard: \"1\").")
 
@@ -52,6 +63,7 @@ class ChartValues(ClusterSettings):
     rbac: RbacValues = Field(default_factory=RbacValues)
     results_volume: ResultsVolumeValues = Field(default_factory=ResultsVolumeValues)
     pod_monitor: PodMonitorValues = Field(default_factory=PodMonitorValues)
+    prometheus_rule: PrometheusRuleValues = Field(default_factory=PrometheusRuleValues)
     dashboard: DashboardValues = Field(default_factory=DashboardValues)
     job_config: dict = Field(
         default_factory=dict,

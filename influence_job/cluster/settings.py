@@ -30,10 +30,17 @@ class NightlySettings(_Base):
     overrides: str = Field("--set metrics.instance=influence-nightly",
                            description="Extra `--set KEY=VALUE` words for the nightly run (its Pushgateway group).")
     compare: bool = Field(
-        False, description="Run the compare-with-baseline step (`influence-job compare`) after the diagnostic."
+        True, description="Compare each nightly run with the baseline (`influence-job compare`) and fail the "
+        "workflow on a regression; the first night (no baseline yet) promotes its run and passes."
     )
     baseline: str = Field(
-        "/results/baseline/results.json", description="Stored baseline results.json the nightly run compares to."
+        "/results/baseline", description="Baseline output directory on the results volume the nightly run "
+        "compares to (promote another with `influence-job baseline promote RUN --to` this path)."
+    )
+    instance: str = Field(
+        "influence-nightly", min_length=1,
+        description="Pushgateway 'instance' of the nightly's verdict (keep it equal to the metrics.instance in "
+        "overrides: the dashboard's nightly row and the alerts filter on it)."
     )
     successful_jobs_history_limit: int = Field(3, ge=0, description="Successful nightly workflows kept.")
     failed_jobs_history_limit: int = Field(5, ge=0, description="Failed nightly workflows kept.")

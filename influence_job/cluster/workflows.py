@@ -189,14 +189,21 @@ def build_workflow_template(s: ClusterSettings) -> WorkflowTemplate:
 
 def build_cron_workflow(s: ClusterSettings) -> CronWorkflow:
     n = s.nightly
+    compare_dir = f"{RESULTS_DIR}.compare"  # the table stays on the results volume beside the run
     compare = Container(
         name="compare",
         image=_inp("image"),
         image_pull_policy=s.image_pull_policy,
-        command=["influence-job", "compare", "--results", RESULTS_DIR, "--baseline", _inp("baseline")],
+        command=["influence-job", "compare", _inp("baseline"), RESULTS_DIR, "--promote-if-missing",
+                 "--outputs", OUTPUTS_DIR, "--outputs", compare_dir, "--instance", n.instance],
         inputs=[Parameter(name="image"), Parameter(name="baseline")],
-        volume_mounts=[m.VolumeMount(name="results", mount_path="/results", read_only=True)],
+        env=[m.EnvVar(name="INFLUENCE_PUSHGATEWAY", value=s.pushgateway)],
+        volume_mounts=[m.VolumeMount(name="results", mount_path="/results")],  # promotes the first baseline
         resources=_small_resources(),
+        outputs=m.Outputs(parameters=[
+            m.Parameter(name=name, global_name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}"))
+            for name in ("verdict", "regressions", "comparable")
+        ]),
         labels={**LABELS, "app.kubernetes.io/component": "compare"},
     )
     with CronWorkflow(
