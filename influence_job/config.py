@@ -58,13 +58,42 @@ class ModelConfig(_Section):
         return self
 
 
+class ColumnsConfig(_Section):
+    """Which column of a flat table (one row per response) holds each field; unset: the first default present."""
+
+    prompt: str | None = Field(None, description="Prompt text or chat messages.",
+                               json_schema_extra={"default_text": "prompt, else input"})
+    response: str | None = Field(None, description="Response text.",
+                                 json_schema_extra={"default_text": "response, else completion, else output"})
+    reward: str | None = Field(None, description="Reward (a number).",
+                               json_schema_extra={"default_text": "reward, else score"})
+    prompt_id: str | None = Field(
+        None, description="Groups responses by prompt; without one, rows with identical prompts form a group.",
+        json_schema_extra={"default_text": "prompt_id, else uid"})
+    response_id: str | None = Field(None, description="Response id (default: <prompt id>/<index>).",
+                                    json_schema_extra={"default_text": "response_id"})
+    accepted: str | None = Field(None, description="Explicit accepted flag (default: reward > accept_threshold).",
+                                 json_schema_extra={"default_text": "accepted"})
+    prompt_token_ids: str | None = Field(None, description="Pre-tokenised prompt (exact input, preferred).",
+                                         json_schema_extra={"default_text": "prompt_token_ids"})
+    response_token_ids: str | None = Field(None, description="Pre-tokenised response (exact input, preferred).",
+                                           json_schema_extra={"default_text": "response_token_ids"})
+
+
 class DataConfig(_Section):
     path: Path | None = Field(
         None,
-        description="JSON Lines file, one prompt group per line (see README). Empty: the bundled example "
+        description="JSON Lines or Parquet file (see README, Input data). Empty: the bundled example "
         "(8 math prompts, 32 rewarded responses).",
         json_schema_extra={"default_text": "the bundled example data"},
     )
+    format: Literal["auto", "grouped", "flat"] = Field(
+        "auto",
+        description="'grouped': one prompt group per JSON line; 'flat': one response per row (JSON Lines or "
+        "Parquet, e.g. a verl rollout dump); 'auto': Parquet is flat, a JSON Lines file is grouped when its "
+        "first object has 'responses'.",
+    )
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     accept_threshold: float = Field(
         0.0, description="A response is accepted when reward > accept_threshold, unless it says 'accepted'."
     )

@@ -1,7 +1,12 @@
-"""The data stage: prompt groups from JSON Lines, tokenised, labelled, and cut into micro-batches.
+"""The data stage: prompt groups from JSON Lines or Parquet, tokenised, labelled, and cut into micro-batches.
 
-Responses keep input order (prompt order, then response order) everywhere; micro-batches are a
-length-sorted permutation of them, and the capture stage puts results back in input order.
+Two layouts are read: the native *grouped* JSON Lines (one prompt group per line), and *flat* tables, one
+row per response, as RL trainers dump them (verl's rollout JSONL: input/output/score/step; Parquet with
+prompt, completion or response, reward columns). Flat rows are grouped by their prompt id when there is one,
+else by identical prompt, keeping input order. A prompt may be a list of chat messages, rendered with the
+model's own chat template. Responses keep input order (prompt order, then response order) everywhere;
+micro-batches are a length-sorted permutation of them, and the capture stage puts results back in input
+order.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,6 +27,18 @@ log = logging.getLogger(__name__)
 
 RESPONSE_KEYS = {"response", "response_token_ids", "reward", "accepted", "response_id"}
 GROUP_KEYS = {"prompt_id", "prompt", "prompt_token_ids", "responses"}
+# Flat tables: the column each role is read from when data.columns does not name one, first match wins.
+DEFAULT_COLUMNS = {
+    "prompt": ("prompt", "input"),
+    "response": ("response", "completion", "output"),
+    "reward": ("reward", "score"),
+    "prompt_id": ("prompt_id", "uid"),
+    "response_id": ("response_id",),
+    "accepted": ("accepted",),
+    "prompt_token_ids": ("prompt_token_ids",),
+    "response_token_ids": ("response_token_ids",),
+}
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 @dataclass
@@ -34,6 +52,7 @@ class Response:
     response_ids: list[int]
     advantage: float = 0.0
     meta: dict = field(default_factory=dict)
+    response_tokens: list[str] | None = None  # each response token decoded alone (None without a tokenizer)
 
     @property
     def length(self) -> int:
@@ -79,12 +98,29 @@ def _token_list(value, what: str, where: str, vocab_size: int) -> list[int]:
     return list(value)
 
 
+def _chat_ids(messages: list, where: str, tokenizer, vocab_size: int) -> list[int]:
+    """A chat prompt as trainers tokenise it: the model's chat template with the generation prompt added."""
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+               for m in messages) or not messages:
+        raise InputError(f"{where}: a chat prompt must be a non-empty list of {{role, content}} messages (strings).")
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise InputError(
+            f"{where}: the prompt is a list of chat messages but the model's tokenizer has no chat template. "
+            "Give the prompt as text or as prompt_token_ids, or use a model directory whose tokenizer has one."
+        )
+    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = out["input_ids"] if isinstance(out, Mapping) else out  # transformers 5 returns a BatchEncoding
+    return _token_list(list(ids), "prompt", where, vocab_size)
+
+
 def _text_or_ids(obj: dict, text_key: str, ids_key: str, where: str, tokenizer, vocab_size: int) -> list[int]:
     if ids_key in obj:
         return _token_list(obj[ids_key], ids_key, where, vocab_size)
     if text_key not in obj:
         raise InputError(f"{where}: missing '{text_key}' (text) or '{ids_key}' (token ids).")
     text = obj[text_key]
+    if text_key == "prompt" and isinstance(text, list):
+        return _chat_ids(text, where, tokenizer, vocab_size)
     if not isinstance(text, str):
         raise InputError(f"{where}: '{text_key}' must be a string, got {type(text).__name__}.")
     if tokenizer is None:
@@ -101,7 +137,8 @@ def _number(value, key: str, where: str) -> float:
     return float(value)
 
 
-def _parse_group(obj, index: int, where: str, tokenizer, vocab_size: int, threshold: float):
+def _parse_group(obj, index: int, where: str, tokenizer, vocab_size: int, threshold: float,
+                 response_wheres: list[str] | None = None):
     if not isinstance(obj, dict):
         raise InputError(f"{where}: each line must be a JSON object (one prompt group), got {type(obj).__name__}.")
     prompt_id = str(obj.get("prompt_id", f"line{index + 1}"))
@@ -121,7 +158,7 @@ def _parse_group(obj, index: int, where: str, tokenizer, vocab_size: int, thresh
         )
     out = []
     for j, resp in enumerate(responses):
-        rwhere = f"{where} (prompt {prompt_id!r}, response {j})"
+        rwhere = response_wheres[j] if response_wheres else f"{where} (prompt {prompt_id!r}, response {j})"
         if not isinstance(resp, dict):
             raise InputError(f"{rwhere}: a response must be a JSON object.")
         if "reward" not in resp:
@@ -137,6 +174,7 @@ def _parse_group(obj, index: int, where: str, tokenizer, vocab_size: int, thresh
             )
         meta = {k: v for k, v in resp.items() if k not in RESPONSE_KEYS}
         meta.update({k: v for k, v in obj.items() if k not in GROUP_KEYS})
+        tokens = tokenizer.batch_decode([[t] for t in ids]) if tokenizer is not None else None
         out.append(
             Response(
                 prompt_index=index,
@@ -147,6 +185,7 @@ def _parse_group(obj, index: int, where: str, tokenizer, vocab_size: int, thresh
                 prompt_ids=prompt_ids,
                 response_ids=ids,
                 meta=meta,
+                response_tokens=tokens,
             )
         )
     return prompt_id, out
@@ -183,30 +222,15 @@ def group_advantages(responses: list[Response]) -> None:
 
 
 def load_dataset(
-    path: Path, tokenizer, vocab_size: int, max_length: int, threshold: float = 0.0, on_overflow: str = "error"
+    path: Path, tokenizer, vocab_size: int, max_length: int, threshold: float = 0.0, on_overflow: str = "error",
+    fmt: str = "auto", columns: dict | None = None,
 ) -> Dataset:
+    """Read, group, tokenise and check the data; every error names the file and line or row and the fix."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise InputError(f"data file {path} does not exist. Set data.path to a JSON Lines file.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"data file {path} cannot be read as UTF-8 text: {exc}") from None
     prompt_ids: list[str] = []
     responses: list[Response] = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = _where(path, lineno)
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            at = f"column {exc.colno}" if exc.msg.endswith(" at") else f"at column {exc.colno}"
-            raise InputError(
-                f"{where}: this line is not valid JSON: {exc.msg} {at}. Each line must be one JSON object "
-                "(one prompt group)."
-            ) from None
-        pid, group = _parse_group(obj, len(prompt_ids), where, tokenizer, vocab_size, threshold)
+    for where, obj, response_wheres in read_groups(path, fmt, columns or {}):
+        pid, group = _parse_group(obj, len(prompt_ids), where, tokenizer, vocab_size, threshold, response_wheres)
         if pid in prompt_ids:
             raise InputError(f"{where}: prompt_id {pid!r} already appeared earlier; prompt ids must be unique.")
         prompt_ids.append(pid)
@@ -217,6 +241,119 @@ def load_dataset(
         _fit_context(r, max_length, on_overflow)
     group_advantages(responses)
     return Dataset(prompt_ids=prompt_ids, responses=responses)
+
+
+def read_groups(path: Path, fmt: str, columns: dict):
+    """(where, group in the native grouped form, per-response wheres or None) for every prompt group.
+
+    ``fmt``: 'grouped', 'flat', or 'auto' (Parquet is flat; a JSON Lines file is grouped when its first object
+    has 'responses', else flat). The log says which layout was read.
+    """
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        if fmt == "grouped":
+            raise InputError(f"data file {path} is Parquet, which holds flat rows; set data.format: flat or auto.")
+        rows, wheres = _parquet_rows(path)
+        layout = "flat"
+    else:
+        rows, wheres = _jsonl_objects(path)
+        layout = fmt if fmt != "auto" else ("grouped" if rows and isinstance(rows[0], dict)
+                                            and "responses" in rows[0] else "flat")
+    log.info("data %s: %s layout (%s), %d %s", path, layout,
+             "one prompt group per line" if layout == "grouped" else "one response per row, grouped by prompt",
+             len(rows), "lines" if layout == "grouped" else "rows")
+    if layout == "grouped":
+        return [(w, obj, None) for w, obj in zip(wheres, rows, strict=True)]
+    return group_flat_rows(rows, wheres, columns, path)
+
+
+def _jsonl_objects(path: Path) -> tuple[list, list[str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise InputError(f"data file {path} does not exist. Set data.path to a JSON Lines or Parquet file.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"data file {path} cannot be read as UTF-8 text: {exc}") from None
+    rows, wheres = [], []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = _where(path, lineno)
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            at = f"column {exc.colno}" if exc.msg.endswith(" at") else f"at column {exc.colno}"
+            raise InputError(
+                f"{where}: this line is not valid JSON: {exc.msg} {at}. Each line must be one JSON object "
+                "(one prompt group, or one response of a flat table)."
+            ) from None
+        wheres.append(where)
+    return rows, wheres
+
+
+def _parquet_rows(path: Path) -> tuple[list, list[str]]:
+    if not path.is_file():
+        raise InputError(f"data file {path} does not exist. Set data.path to a JSON Lines or Parquet file.")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"data file {path} cannot be read as Parquet ({str(exc).strip()[:200]}).") from None
+    return rows, [f"{path} row {i}" for i in range(1, len(rows) + 1)]
+
+
+def _column(role: str, keys: set, columns: dict, where: str) -> str | None:
+    """The column a role is read from: the configured one (which must exist), else the first default present."""
+    name = columns.get(role)
+    if name is not None:
+        if name not in keys:
+            raise InputError(
+                f"{where}: data.columns.{role} is {name!r}, but the table has no such column (its columns: "
+                f"{', '.join(sorted(keys))}). Fix data.columns.{role}."
+            )
+        return name
+    return next((c for c in DEFAULT_COLUMNS[role] if c in keys), None)
+
+
+def group_flat_rows(rows: list, wheres: list[str], columns: dict, path: Path):
+    """Flat rows (one response each) → prompt groups in the native form, in order of first appearance."""
+    if not rows:
+        return []
+    for row, where in zip(rows, wheres, strict=True):
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: each row must be an object of columns, got {type(row).__name__}.")
+    keys = set().union(*(r.keys() for r in rows))
+    col = {role: _column(role, keys, columns, wheres[0]) for role in DEFAULT_COLUMNS}
+    for role, alternative in (("prompt", "prompt_token_ids"), ("response", "response_token_ids"), ("reward", None)):
+        if col[role] is None and (alternative is None or col[alternative] is None):
+            raise InputError(
+                f"{path}: no column for the {role} (looked for {', '.join(DEFAULT_COLUMNS[role])}"
+                f"{', ' + alternative if alternative else ''}; the table has {', '.join(sorted(keys))}). "
+                f"Name it with data.columns.{role}."
+            )
+    used = {c for c in col.values() if c is not None}
+    groups: dict = {}
+    for row, where in zip(rows, wheres, strict=True):
+        prompt_key = col["prompt_token_ids"] if col["prompt_token_ids"] in row else col["prompt"]
+        if col["prompt_id"] is not None and row.get(col["prompt_id"]) is not None:
+            key = ("id", str(row[col["prompt_id"]]))
+        else:
+            key = ("prompt", json.dumps(row.get(prompt_key), sort_keys=True))
+        if key not in groups:
+            native = "prompt_token_ids" if prompt_key == col["prompt_token_ids"] else "prompt"
+            groups[key] = {"where": where, "wheres": [], "obj": {
+                "prompt_id": key[1] if key[0] == "id" else f"p{len(groups)}", native: row.get(prompt_key),
+                "responses": []}}
+        response = {k: v for k, v in row.items() if k not in used}
+        for role in ("response", "response_token_ids", "reward", "accepted", "response_id"):
+            if col[role] is not None and col[role] in row:
+                response[role] = row[col[role]]
+        if "reward" not in response:
+            raise InputError(f"{where}: the reward column {col['reward']!r} is missing in this row.")
+        groups[key]["obj"]["responses"].append(response)
+        groups[key]["wheres"].append(where)
+    return [(g["where"], g["obj"], g["wheres"]) for g in groups.values()]
 
 
 def micro_batches(lengths: list[int], token_budget: int) -> list[list[int]]:

@@ -41,6 +41,7 @@ from influence_job.report import render_report
 from influence_job.results import Results
 from influence_job.similarity import matrix_stats
 from influence_job.stops import Stopped, committing
+from influence_job.tables import influence_rows_table, parquet_bytes
 from influence_job.validation import run_checks
 
 log = logging.getLogger("influence_job")
@@ -104,7 +105,8 @@ def load_inputs(cfg: JobConfig, device: torch.device):
     source = open_model(cfg.model)
     ds = load_dataset(
         cfg.data.path or example_data_path(), source.tokenizer, source.vocab_size, source.max_length,
-        cfg.data.accept_threshold, cfg.model.on_overflow,
+        cfg.data.accept_threshold, cfg.model.on_overflow, cfg.data.format,
+        cfg.data.columns.model_dump(exclude_none=True),
     )
     model = load_model(cfg.model, source, device)
     selected = select_modules(model, cfg.modules)
@@ -225,6 +227,7 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, model, 
                     "advantage": arrays["advantage"], "log_prob": cap.log_prob,
                 }),
                 "influence_rows.npz": npz_bytes(rows),
+                "influence_rows.parquet": parquet_bytes(influence_rows_table(rows, _token_strings(ds))),
                 "report.md": render_report(results).encode(),
             })
         if not cfg.output.keep_checkpoint:
@@ -356,6 +359,13 @@ def assemble_results(cfg: JobConfig, ds: Dataset, cap, layout, totals: Totals, m
         "environment": _environment(device, world),
     }
     return results, rows
+
+
+def _token_strings(ds: Dataset) -> list[list[str]] | None:
+    """Each response token decoded alone, when the model has a tokenizer."""
+    if any(r.response_tokens is None for r in ds.responses):
+        return None
+    return [r.response_tokens for r in ds.responses]
 
 
 def _data_warnings(cfg: JobConfig, rows: dict[str, np.ndarray]) -> list[str]:
