@@ -11,15 +11,12 @@ from __future__ import annotations
 import datetime
 import getpass
 import json
-import logging
 import socket
 from pathlib import Path
 
 from influence_job.errors import InputError
 from influence_job.outputs import RESULT_FILES, check_target, write_output_dir
 from influence_job.results import read_results
-
-log = logging.getLogger(__name__)
 
 RECORD = "baseline.json"
 
@@ -31,7 +28,12 @@ def promote(run_dir: Path, to_dir: Path, reason: str = "promoted by hand") -> di
     if not results.validation.passed:
         failed = [c.name for c in results.validation.checks if not c.passed]
         raise InputError(f"{run_dir} failed validation ({', '.join(failed)}); a failing run cannot be a baseline.")
-    target = check_target(to_dir)
+    target = check_target(to_dir, "baseline directory", "A promotion")
+    if target.is_dir() and any(target.iterdir()) and not (target / RECORD).is_file():
+        raise InputError(
+            f"baseline directory {to_dir} holds an influence-job run output, not a baseline (it has no "
+            f"{RECORD}); promoting over it would destroy that run. Choose another directory, or empty this one."
+        )
     files = {name: (run_dir / name).read_bytes() for name in RESULT_FILES if (run_dir / name).is_file()}
     record = {
         "run": str(run_dir),
@@ -43,7 +45,6 @@ def promote(run_dir: Path, to_dir: Path, reason: str = "promoted by hand") -> di
     }
     files[RECORD] = (json.dumps(record, indent=2) + "\n").encode()
     write_output_dir(target, files)
-    log.info("baseline %s is now %s (%s)", target, run_dir, reason)
     return record
 
 

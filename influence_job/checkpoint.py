@@ -145,6 +145,7 @@ class Checkpoint:
 
     path: Path
     fingerprint: dict
+    settings: dict = field(default_factory=dict)  # the fingerprinted configuration, so a change can be named
     done: dict[int, Path] = field(default_factory=dict)  # module index → its verified file
 
     @property
@@ -159,7 +160,8 @@ class Checkpoint:
         if not self.modules.is_dir():
             self.modules.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.path / MARKER, marker_bytes())
-            atomic_write_bytes(self.path / "fingerprint.json", json.dumps(self.fingerprint, indent=2).encode())
+            record = {**self.fingerprint, "settings": self.settings}
+            atomic_write_bytes(self.path / "fingerprint.json", json.dumps(record, indent=2).encode())
         atomic_write_bytes(self.file(contribution.index), contribution.to_bytes())
 
     def load(self, index: int) -> ModuleContribution:
@@ -186,18 +188,36 @@ class Checkpoint:
             shutil.rmtree(self.path)
 
 
-def prepare(cfg, fp: dict, n_modules: int, fresh: bool) -> Checkpoint:
-    """Open the checkpoint for this run (rank 0): keep verified modules of the same fingerprint, set aside
-    a checkpoint of another, start over with ``fresh``; refuse a directory this program did not write."""
-    ckpt = Checkpoint(checkpoint_dir(cfg).resolve(), fp)
-    path = ckpt.path
-    if not path.exists():
-        return ckpt
-    if not path.is_dir() or not (path / MARKER).is_file():
+def check_checkpoint_dir(cfg) -> None:
+    """Refuse, before the run, a checkpoint directory this program did not write."""
+    path = checkpoint_dir(cfg).resolve()
+    if path.exists() and (not path.is_dir() or not (path / MARKER).is_file()):
         raise InputError(
             f"checkpoint directory {path} exists but was not written by influence-job. Move it away, or set "
             "output.checkpoint_dir to another path."
         )
+
+
+def _changed_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configuration parts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def prepare(cfg, fp: dict, n_modules: int, fresh: bool) -> Checkpoint:
+    """Open the checkpoint for this run (rank 0): keep verified modules of the same fingerprint, set aside
+    a checkpoint of another, start over with ``fresh``; refuse a directory this program did not write."""
+    ckpt = Checkpoint(checkpoint_dir(cfg).resolve(), fp, settings=config_part(cfg))
+    path = ckpt.path
+    if not path.exists():
+        return ckpt
+    check_checkpoint_dir(cfg)
     try:
         old = json.loads((path / "fingerprint.json").read_text())
     except (OSError, ValueError):
@@ -207,11 +227,14 @@ def prepare(cfg, fp: dict, n_modules: int, fresh: bool) -> Checkpoint:
         log.info("--fresh: removed the checkpoint %s; starting from the beginning", path)
         return ckpt
     if old is None or old.get("run") != fp["run"]:
-        changed = [k for k in ("config", "data", "model", "package") if (old or {}).get(k) != fp[k]]
+        changed = [k for k in ("data", "model", "package") if (old or {}).get(k) != fp[k]]
+        if (old or {}).get("config") != fp["config"]:
+            keys = _changed_settings((old or {}).get("settings", {}), ckpt.settings)
+            changed.append("settings " + ", ".join(keys) if keys else "configuration")
         aside = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
         os.replace(path, aside)
-        log.warning("checkpoint %s is for another run (its %s differ); set it aside as %s and starting fresh",
-                    path, ", ".join(changed) or "fingerprint", aside.name)
+        log.warning("checkpoint %s is for another run (changed: %s); set it aside as %s and starting fresh",
+                    path, "; ".join(changed) or "its fingerprint", aside.name)
         return ckpt
     for index in range(n_modules):
         f = ckpt.file(index)

@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "5 not comparable")
     cmp.add_argument("baseline", type=Path, help="baseline output directory (or its results.json)")
     cmp.add_argument("candidate", type=Path, help="candidate output directory (or its results.json)")
-    cmp.add_argument("--tolerances", type=Path, help="YAML file of tolerances and cost budgets (see README)")
+    cmp.add_argument("--tolerances", type=Path,
+                     help="YAML file of tolerances and cost budgets, every key optional: numbers.{rtol, cos_atol, "
+                     "dot_atol, matrix_rtol}, cost.{wall, hessian_solve, peak_gpu_memory, peak_host_memory, "
+                     "wall_slack_seconds, hessian_solve_slack_seconds, memory_slack_bytes} (README: Comparing runs)")
     cmp.add_argument("--format", choices=["text", "json", "markdown"], default="text", help="table format")
     cmp.add_argument("--outputs", type=Path, metavar="DIR", action="append", default=[],
                      help="also write verdict, regressions, comparable, compare.md and compare.json here "
@@ -223,9 +226,9 @@ def _stop_line(stop: Stopped, args) -> str:
     if args.command != "run":
         return line
     out = Path(getattr(args, "output", None) or _output_of(args))
-    state = (f"the previous output {out} is intact" if out.exists()
-             else f"no output was written to {out}")
-    return f"{line}; nothing new was written: {state}" + (f"; {stop.note}." if stop.note else ".")
+    state = (f"nothing new was written: the previous output {out} is intact" if out.exists()
+             else f"nothing was written to {out}")
+    return f"{line}; {state}" + (f"; {stop.note}." if stop.note else ".")
 
 
 def _output_of(args) -> Path:
@@ -277,6 +280,7 @@ def _compare(args) -> int:
     from influence_job.baseline import promote
     from influence_job.compare import (
         Comparison,
+        baseline_missing,
         check_inputs,
         compare,
         load_tolerances,
@@ -286,7 +290,7 @@ def _compare(args) -> int:
     )
 
     tolerances = load_tolerances(args.tolerances)
-    if args.promote_if_missing and not args.baseline.exists():
+    if args.promote_if_missing and baseline_missing(args.baseline):
         record = promote(args.candidate, args.baseline, "first night: no baseline yet")
         cmp = Comparison(True, [], [],
                          note=f"first night: no baseline yet, {record['run']} promoted to {args.baseline}")

@@ -31,7 +31,7 @@ from influence_job.errors import InputError
 from influence_job.results import Results, read_results
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INPUT, EXIT_NOT_COMPARABLE = 0, 1, 2, 5
-ORDER = {"regression": 0, "not comparable": 0, "improvement": 1, "ok": 2}
+ORDER = {"regression": 0, "not comparable": 0, "improvement": 1, "not judged": 2, "ok": 3}
 
 
 class _Section(BaseModel):
@@ -52,10 +52,16 @@ class NumberTolerances(_Section):
 
 
 class CostBudgets(_Section):
+    """A cost regresses when candidate > budget × baseline + slack: the ratio catches real slow-downs of long
+    runs, the absolute slack keeps machine noise on short ones (seconds of jitter) from failing a nightly."""
+
     wall: float = Field(1.25, gt=0, description="Wall time may grow to this multiple of the baseline's.")
     hessian_solve: float = Field(1.25, gt=0, description="Hessian solve time may grow to this multiple.")
     peak_gpu_memory: float = Field(1.10, gt=0, description="Peak GPU memory may grow to this multiple.")
     peak_host_memory: float = Field(1.25, gt=0, description="Peak host memory may grow to this multiple.")
+    wall_slack_seconds: float = Field(10.0, ge=0, description="Absolute slack added to the wall-time budget.")
+    hessian_solve_slack_seconds: float = Field(2.0, ge=0, description="Absolute slack of the solve-time budget.")
+    memory_slack_bytes: float = Field(2**28, ge=0, description="Absolute slack of both memory budgets (256 MiB).")
 
 
 class Tolerances(_Section):
@@ -68,7 +74,8 @@ class Tolerances(_Section):
 def load_tolerances(path: Path | None) -> Tolerances:
     data = {} if path is None else read_yaml_mapping(path, "tolerances file")
     return validate_with_overrides(Tolerances, data, None, str(path or "defaults"),
-                                   docs="`influence-job compare --help` and the README's compare section")
+                                   docs="the README's tolerances table (section Comparing runs and baselines)",
+                                   what="tolerances file")
 
 
 @dataclass
@@ -155,11 +162,15 @@ def cost_ratio(row: Row) -> float:
     return c / b if b > 0 else (1.0 if c == 0 else math.inf)
 
 
-def _cost_row(key: str, quantity: str, b: float, c: float, budget: float) -> Row:
+def _cost_row(key: str, quantity: str, b: float, c: float, budget: float, slack: float, resumed: bool) -> Row:
     row = Row("cost", quantity, b, c, c - b, "", "ok", key=key, budget=budget)
     ratio = cost_ratio(row)
-    row.tolerance = f"≤ {budget:g}× (now {ratio:.2f}×)"
-    row.verdict = "regression" if ratio > budget else "improvement" if ratio < 1 / budget else "ok"
+    if resumed:  # a resumed run's cost covers only part of the work: reported, not judged
+        row.tolerance, row.verdict = f"not judged: a side resumed from a checkpoint (now {ratio:.2f}×)", "not judged"
+        return row
+    row.tolerance = f"≤ {budget:g}× + {slack:g} (now {ratio:.2f}×)"
+    row.verdict = ("regression" if c > budget * b + slack else
+                   "improvement" if c < b / budget - slack else "ok")
     return row
 
 
@@ -222,14 +233,16 @@ def compare(baseline: Path, candidate: Path, tol: Tolerances) -> Comparison:
                                 tol.numbers, 1.0)
     rows += _matrix_rows(_dir_of(baseline), _dir_of(candidate), tol.numbers)
     bp, cp, budget = b.performance, c.performance, tol.cost
+    resumed = b.checkpoint.resumed_modules > 0 or c.checkpoint.resumed_modules > 0
     rows += [
-        _cost_row("wall", "wall seconds", bp.wall_seconds, cp.wall_seconds, budget.wall),
+        _cost_row("wall", "wall seconds", bp.wall_seconds, cp.wall_seconds, budget.wall,
+                  budget.wall_slack_seconds, resumed),
         _cost_row("hessian_solve", "Hessian solve seconds", bp.hessian_solve_seconds, cp.hessian_solve_seconds,
-                  budget.hessian_solve),
+                  budget.hessian_solve, budget.hessian_solve_slack_seconds, resumed),
         _cost_row("peak_gpu_memory", "peak GPU memory bytes", bp.peak_gpu_mem_bytes, cp.peak_gpu_mem_bytes,
-                  budget.peak_gpu_memory),
+                  budget.peak_gpu_memory, budget.memory_slack_bytes, resumed),
         _cost_row("peak_host_memory", "peak host memory bytes", bp.peak_host_mem_bytes, cp.peak_host_mem_bytes,
-                  budget.peak_host_memory),
+                  budget.peak_host_memory, budget.memory_slack_bytes, resumed),
     ]
     rows.sort(key=lambda r: ORDER[r.verdict])  # stable: regressions first, then improvements, in table order
     return Comparison(True, [], rows)
@@ -246,7 +259,7 @@ def _dir_of(path: Path) -> Path:
 
 def _cell(value) -> str:
     if value is None:
-        return "null"
+        return "—"
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
@@ -262,6 +275,8 @@ def render(cmp: Comparison, fmt: str) -> str:
         return head + "\n" + "\n".join(f"- not comparable: {r}" for r in cmp.reasons)
     summary = (f"{head} — {len(cmp.regressions)} regression(s), "
                f"{sum(r.verdict == 'improvement' for r in cmp.rows)} improvement(s), {len(cmp.rows)} quantities")
+    if not cmp.rows:
+        return summary
     header = ["group", "quantity", "baseline", "candidate", "difference", "tolerance", "verdict"]
     cells = [[r.group, r.quantity, _cell(r.baseline), _cell(r.candidate), _cell(r.difference), r.tolerance,
               r.verdict.upper() if r.verdict == "regression" else r.verdict] for r in cmp.rows]
@@ -285,6 +300,12 @@ def write_outputs(cmp: Comparison, out_dir: Path) -> None:
              "compare.md": render(cmp, "markdown") + "\n", "compare.json": render(cmp, "json") + "\n"}
     for name, text in files.items():
         atomic_write_bytes(out_dir / name, text.encode())
+
+
+def baseline_missing(path: Path) -> bool:
+    """No baseline yet: the path does not exist, or is an empty directory (e.g. made by the chart)."""
+    path = Path(path)
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
 def check_inputs(baseline: Path, candidate: Path) -> None:

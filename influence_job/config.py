@@ -278,8 +278,8 @@ class JobConfig(_Section):
 CONFIG_DOCS = "`influence-job config --explain` (or the README's configuration table)"
 
 
-def _format_errors(err: ValidationError, origin: str, docs: str = CONFIG_DOCS) -> str:
-    lines = [f"invalid configuration ({origin}):"]
+def _format_errors(err: ValidationError, origin: str, docs: str = CONFIG_DOCS, what: str = "configuration") -> str:
+    lines = [f"invalid {what} ({origin}):"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
@@ -335,7 +335,7 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
 
 
 def validate_with_overrides(model: type[BaseModel], data: dict, overrides: list[str] | None, origin: str,
-                            docs: str = CONFIG_DOCS):
+                            docs: str = CONFIG_DOCS, what: str = "configuration"):
     """Apply ``--set KEY=VALUE`` overrides to ``data`` and validate it as ``model``; ``docs`` says where
     the valid keys are documented (named in the message for an unknown key)."""
     for text in overrides or []:
@@ -345,7 +345,7 @@ def validate_with_overrides(model: type[BaseModel], data: dict, overrides: list[
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InputError(_format_errors(exc, origin, docs)) from None
+        raise InputError(_format_errors(exc, origin, docs, what)) from None
 
 
 def check_run_words(words: str, model: str, dataset: str, what: str) -> JobConfig:

@@ -57,26 +57,28 @@ def is_own_output(path: Path) -> bool:
     return (path / MARKER).is_file() and not _foreign_entries(path)
 
 
-def check_target(out_dir: Path) -> Path:
+def check_target(out_dir: Path, what: str = "output.dir", writer: str = "A run") -> Path:
     """Fail before the computation when ``out_dir`` cannot or must not be replaced; return it resolved.
 
-    Also removes (or restores) what an earlier run that was killed hard left beside the target.
+    ``what`` names the path in messages (a run's output.dir, a baseline directory); ``writer`` says who
+    replaces it. Also removes (or restores) what an earlier run that was killed hard left beside the target.
     """
     path = Path(out_dir).expanduser()
     target = path.resolve()
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    role = what
     if target == target.parent or cwd.is_relative_to(target) or target == home:
-        what = ("the file-system root" if target == target.parent else "your home directory" if target == home
+        danger = ("the file-system root" if target == target.parent else "your home directory" if target == home
                 else "the working directory or one of its parents")
         raise InputError(
-            f"output.dir {out_dir} is {what} ({target}); a run replaces its output directory as a whole. "
-            "Choose a new directory, e.g. --output influence-output."
+            f"{role} {out_dir} is {danger} ({target}); {writer.lower()} replaces its directory as a whole. "
+            "Choose a new directory."
         )
     parent = target.parent
     blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise InputError(
-            f"output.dir {out_dir} cannot be created: {blocker} is a file, not a directory. "
+            f"{role} {out_dir} cannot be created: {blocker} is a file, not a directory. "
             "Choose a path whose parent is a directory."
         )
     try:
@@ -88,14 +90,13 @@ def check_target(out_dir: Path) -> Path:
             probe.unlink(missing_ok=True)
     except OSError as exc:
         raise InputError(
-            f"output.dir {out_dir} cannot be written ({exc.strerror} in {parent}). Choose a writable "
-            "location with --output DIR or --set output.dir=DIR."
+            f"{role} {out_dir} cannot be written ({exc.strerror} in {parent}). Choose a writable location."
         ) from None
     _recover_interrupted(target)
     if target.exists() or target.is_symlink():
         if not target.is_dir() or target.is_symlink():
             raise InputError(
-                f"output.dir {out_dir} exists and is not a directory. Choose another path, or remove it."
+                f"{role} {out_dir} exists and is not a directory. Choose another path, or remove it."
             )
         entries = list(target.iterdir())
         if entries and not is_own_output(target):
@@ -104,9 +105,8 @@ def check_target(out_dir: Path) -> Path:
                       f"{', ...' if len(foreign) > 3 else ''})" if foreign
                       else f"it has no {MARKER} marker, so it is not an influence-job output")
             raise InputError(
-                f"output.dir {out_dir} already exists and {reason}. A run replaces its output directory "
-                "as a whole and never deletes what it did not write: choose another directory, or empty "
-                "this one."
+                f"{role} {out_dir} already exists and {reason}. {writer} replaces its directory as a whole "
+                "and never deletes what it did not write: choose another directory, or empty this one."
             )
     return target
 

@@ -18,7 +18,16 @@ import torch
 
 import influence_job
 from influence_job.capture import ModuleFactors, capture
-from influence_job.checkpoint import Checkpoint, MemoryStore, ModuleContribution, checkpoint_dir, fingerprint, prepare
+from influence_job.checkpoint import (
+    Checkpoint,
+    MemoryStore,
+    ModuleContribution,
+    check_checkpoint_dir,
+    checkpoint_dir,
+    config_part,
+    fingerprint,
+    prepare,
+)
 from influence_job.config import JobConfig
 from influence_job.data import Dataset, example_data_path, load_dataset
 from influence_job.diagnostics import module_curvature_similarity, offdiag_summary, unprojected_comparison
@@ -163,6 +172,8 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
     comm = comm or init_comm(cfg.compute.device, cfg.compute.timeout_seconds)
     device = comm.device
     out_dir = check_target(cfg.output.dir) if write and comm.is_root else None
+    if write and comm.is_root:
+        check_checkpoint_dir(cfg)  # before any weight loads
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with phases("load"):
@@ -203,6 +214,7 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, model, 
     with phases("statistics"):
         results, rows = assemble_results(cfg, ds, cap, layout, totals, model_name, fp, device, comm.world)
     results["checkpoint"] = {"dir": str(store.path) if store.path else None,
+                             "kept": bool(store.path) and cfg.output.keep_checkpoint,
                              "resumed_modules": len(store.done), "computed_modules": n_modules - len(store.done)}
     # Measured before writing: the write phase is in the log but not in results.json.
     results["performance"] = {
@@ -243,7 +255,7 @@ def open_store(cfg: JobConfig, fp: dict, n_modules: int, fresh: bool, write: boo
     ckpt = prepare(cfg, fp, n_modules, fresh) if comm.is_root else None
     done = comm.all_gather_object(sorted(ckpt.done) if ckpt else None, "share the checkpoint's finished modules")[0]
     if ckpt is None:
-        ckpt = Checkpoint(checkpoint_dir(cfg).resolve(), fp)
+        ckpt = Checkpoint(checkpoint_dir(cfg).resolve(), fp, settings=config_part(cfg))
         ckpt.done = {i: ckpt.file(i) for i in done}
     return ckpt
 

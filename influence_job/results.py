@@ -149,6 +149,7 @@ class Fingerprint(_Model):
 
 class CheckpointInfo(_Model):
     dir: str | None = Field(description="The checkpoint directory, or null for a run that keeps none.")
+    kept: bool = Field(description="Whether it was kept after the run (else it was removed on success).")
     resumed_modules: int = Field(description="Modules whose contributions came from an earlier run.")
     computed_modules: int = Field(description="Modules this run computed.")
 
@@ -219,6 +220,6 @@ def read_results(path: Path) -> Results:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise InputError(
-            f"{path} is not a results.json of this influence-job version ({exc.error_count()} problem(s); "
-            f"first: {where}: {first['msg']}). Re-run the job, or read it with the version that wrote it."
+            f"{path} is not a valid influence-job results.json ({exc.error_count()} problem(s); first: {where}: "
+            f"{first['msg']}). Give a run's output directory; a result written by an older version needs a re-run."
         ) from None

@@ -124,7 +124,10 @@ def test_nan_or_failed_check_in_the_candidate_is_a_regression(runs, capsys, tmp_
 
 
 def test_cost_budget_regression_and_improvement(runs, capsys, tmp_path):
+    """Budget ratios without slack, on edited figures (real timings are never judged in tests)."""
     base = json.loads((runs["base"] / "results.json").read_text())["performance"]
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("cost: {wall_slack_seconds: 0, hessian_solve_slack_seconds: 0, memory_slack_bytes: 0}\n")
 
     def slower(r):
         r["performance"]["hessian_solve_seconds"] = 2 * base["hessian_solve_seconds"]
@@ -132,10 +135,12 @@ def test_cost_budget_regression_and_improvement(runs, capsys, tmp_path):
     def faster(r):
         r["performance"]["wall_seconds"] = base["wall_seconds"] / 2
 
-    code, out = as_json(capsys, runs["base"], edited(runs["same"], tmp_path / "slow", slower, runs["base"]))
+    code, out = as_json(capsys, runs["base"], edited(runs["same"], tmp_path / "slow", slower, runs["base"]),
+                        "--tolerances", strict)
     assert code == 1 and [r["quantity"] for r in out["rows"] if r["verdict"] == "regression"] == \
         ["Hessian solve seconds"]
-    code, out = as_json(capsys, runs["base"], edited(runs["same"], tmp_path / "fast", faster, runs["base"]))
+    code, out = as_json(capsys, runs["base"], edited(runs["same"], tmp_path / "fast", faster, runs["base"]),
+                        "--tolerances", strict)
     assert code == 0
     assert {r["quantity"]: r["verdict"] for r in out["rows"] if r["group"] == "cost"}["wall seconds"] == "improvement"
 
@@ -173,4 +178,38 @@ def test_bad_input_exits_2(capsys, tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "results.json").write_text("{}")
     assert main(["compare", str(tmp_path / "x"), str(tmp_path / "x")]) == 2
-    assert "is not a results.json of this influence-job version" in capsys.readouterr().err
+    assert "is not a valid influence-job results.json" in capsys.readouterr().err
+
+
+def test_cost_slack_absorbs_noise_and_resumed_runs_are_not_judged(runs, capsys, tmp_path):
+    base = json.loads((runs["base"] / "results.json").read_text())["performance"]
+
+    def jitter(r):  # 3x slower, but by less than the default 2 s of solve-time slack
+        r["performance"]["hessian_solve_seconds"] = 3 * base["hessian_solve_seconds"]
+
+    code, out = as_json(capsys, runs["base"], edited(runs["same"], tmp_path / "jitter", jitter, runs["base"]))
+    assert code == 0 and base["hessian_solve_seconds"] * 3 < 2
+
+    def resumed(r):
+        r["checkpoint"]["resumed_modules"] = 3
+        r["performance"]["hessian_solve_seconds"] = 100 * base["hessian_solve_seconds"] + 100
+
+    code, out = as_json(capsys, runs["base"], edited(runs["same"], tmp_path / "resumed", resumed, runs["base"]))
+    assert code == 0
+    cost = [r for r in out["rows"] if r["group"] == "cost"]
+    assert {r["verdict"] for r in cost} == {"not judged"} and "resumed" in cost[0]["tolerance"]
+
+
+def test_promote_if_missing_accepts_an_empty_baseline_directory(runs, capsys, tmp_path):
+    (tmp_path / "baseline").mkdir()  # e.g. made by hand or by the chart
+    code, text = compare(capsys, tmp_path / "baseline", runs["base"], "--promote-if-missing")
+    assert code == 0 and "first night" in text and (tmp_path / "baseline" / "baseline.json").is_file()
+
+
+def test_promote_never_replaces_a_run_output(runs, capsys, tmp_path):
+    victim = tmp_path / "run"
+    shutil.copytree(runs["same"], victim)
+    assert main(["baseline", "promote", str(runs["base"]), "--to", str(victim)]) == 2
+    err = capsys.readouterr().err
+    assert "holds an influence-job run output, not a baseline" in err
+    assert not (victim / "baseline.json").exists()

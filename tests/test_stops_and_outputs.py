@@ -170,7 +170,7 @@ def test_stop_in_each_phase_keeps_previous_result(previous, tmp_path, phase, sig
 def test_stop_without_previous_output_says_so(tmp_path):
     proc = driven("capture", "SIGTERM", 1, tmp_path / "new", tmp_path)
     assert proc.returncode == 143
-    assert _stop_lines(proc.stderr)[-1].endswith(f"no output was written to {tmp_path / 'new'}.")
+    assert _stop_lines(proc.stderr)[-1].endswith(f"during [capture]; nothing was written to {tmp_path / 'new'}.")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -86,7 +86,8 @@ def load_settings(values_file=None, overrides: list[str] | None = None) -> Clust
     data = {} if values_file is None else read_yaml_mapping(values_file, "values file")
     keys = {f.alias or n for n, f in ClusterSettings.model_fields.items()} | set(ClusterSettings.model_fields)
     data = {k: v for k, v in data.items() if k in keys}
-    return validate_with_overrides(ClusterSettings, data, overrides, str(values_file or "defaults"), docs=VALUES_DOCS)
+    return validate_with_overrides(ClusterSettings, data, overrides, str(values_file or "defaults"), docs=VALUES_DOCS,
+                                   what="cluster values")
 
 
 VALUES_DOCS = ("the cluster values: `influence-job render --explain` lists them, and the chart's "
