@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish = sub.add_parser("publish", help="the workflow's publish step: outputs from a result directory")
     publish.add_argument("--results", type=Path, required=True, help="the run's output directory")
     publish.add_argument("--out", type=Path, required=True, help="directory for output-parameter files")
+    publish.add_argument("--run-status", help="the run step's final status (Argo's steps.run.status)")
+    publish.add_argument("--run-exit-code", help="the run step's exit code (Argo's steps.run.exitCode)")
     return parser
 
 
@@ -248,7 +250,7 @@ def _command(args) -> int:
     if args.command == "publish":
         from influence_job.cluster.publish import publish
 
-        return publish(args.results, args.out)
+        return publish(args.results, args.out, run_status=args.run_status, run_exit_code=args.run_exit_code)
     if args.command == "compare":
         return _compare(args)
     if args.command == "baseline":

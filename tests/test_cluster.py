@@ -67,7 +67,14 @@ def test_workflow_template_shape():
     assert {p["globalName"] for p in publish["outputs"]["parameters"]} >= {
         "rows-emitted", "validation-passed", "hinv-per-prompt-acc-acc-mean", "hessian-solve-seconds"}
     main_steps = next(t for t in wt["spec"]["templates"] if t["name"] == "main")["steps"]
-    assert main_steps[0][0]["continueOn"] == {"failed": True} and main_steps[1][0]["name"] == "publish"
+    assert main_steps[0][0]["continueOn"] == {"failed": True, "error": True}  # evicted/deleted pods too
+    assert main_steps[1][0]["name"] == "publish"
+    publish_args = {p["name"]: p["value"] for p in main_steps[1][0]["arguments"]["parameters"]}
+    assert publish_args["run-status"] == "{{steps.run.status}}"
+    assert publish_args["run-exit-code"] == "{{steps.run.exitCode}}"
+    assert {p["globalName"] for p in publish["outputs"]["parameters"]} >= {"nan-count", "failed-checks"}
+    metric = wt["spec"]["metrics"]["prometheus"][0]
+    assert metric["labels"] == [{"key": "status", "value": "{{workflow.status}}"}]
     cron = hera_docs(ClusterSettings())[1]["spec"]
     assert cron["schedules"] == ["0 2 * * *"] and cron["concurrencyPolicy"] == "Forbid"
     assert cron["timezone"] == "UTC"

@@ -154,7 +154,8 @@ def test_publish_passing_results(tiny_model_dir, tiny_data, tmp_path, capsys):
     assert (out / "validation-passed").read_text() == "true"
     assert float((out / "hinv-per-prompt-acc-acc-mean").read_text()) == \
         r["similarity"]["hinv"]["per_prompt"]["acc-acc"]["dot"]["mean"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*PUBLISHED, "report.md"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*PUBLISHED, "failed-checks", "report.md"])
+    assert (out / "nan-count").read_text() == "0" and (out / "failed-checks").read_text() == ""
 
 
 def test_publish_failed_validation_and_missing_results(tiny_model_dir, tiny_data, tmp_path):
@@ -165,7 +166,21 @@ def test_publish_failed_validation_and_missing_results(tiny_model_dir, tiny_data
     assert publish(results, tmp_path / "o1", echo=lines.append) == 1
     assert (tmp_path / "o1" / "validation-passed").read_text() == "false"
     assert any("projection_fidelity: FAILED" in line for line in lines)
+    assert (tmp_path / "o1" / "failed-checks").read_text() == "projection_fidelity"
     lines.clear()
     assert publish(tmp_path / "nothing-here", tmp_path / "o2", echo=lines.append) == 1
     assert "the run step failed before writing" in lines[0]
     assert (tmp_path / "o2" / "rows-emitted").read_text() == "null"
+
+
+@pytest.mark.parametrize("status,code", [("Failed", "1"), ("Error", "143")])
+def test_publish_fails_when_the_run_failed_despite_a_passing_stale_result(tiny_model_dir, tiny_data, tmp_path,
+                                                                          status, code):
+    """An earlier attempt left a passing results.json; this attempt's run step failed (or its pod was evicted)."""
+    results = tmp_path / "results"
+    run_job(exact_config(tiny_model_dir, tiny_data, out=results))
+    lines = []
+    assert publish(results, tmp_path / "o", echo=lines.append, run_status=status, run_exit_code=code) == 1
+    assert any(f"the run step ended {status} (exit code {code})" in line for line in lines)
+    assert lines[-1] == "validation: PASSED; run step: FAILED"
+    assert publish(results, tmp_path / "o2", echo=lines.append, run_status="Succeeded", run_exit_code="0") == 0

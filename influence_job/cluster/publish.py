@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from influence_job.cluster.workflows import PUBLISHED
+from influence_job.cluster.workflows import FAILED_CHECKS, PUBLISHED
 from influence_job.errors import InputError
 from influence_job.results import read_results
 
@@ -29,8 +29,13 @@ def _text(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def publish(results_dir: Path, out_dir: Path, echo=print) -> int:
-    """Returns the exit code: 0 when the results exist and passed validation, 1 otherwise."""
+def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None = None,
+            run_exit_code: str | None = None) -> int:
+    """Returns the exit code: 0 when the run step succeeded and its results exist and passed validation, else 1.
+
+    ``run_status``/``run_exit_code`` are the run step's (Argo's ``steps.run.status``/``exitCode``): a run that
+    did not succeed fails publish whatever results.json says, since that file may be an earlier attempt's.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / "results.json"
     try:
@@ -41,6 +46,8 @@ def publish(results_dir: Path, out_dir: Path, echo=print) -> int:
              "(see the run step's logs).")
     for name, dotted in PUBLISHED.items():
         (out_dir / name).write_text(_text(lookup(results, dotted)))
+    checks = lookup(results, "validation.checks") or []
+    (out_dir / FAILED_CHECKS).write_text(",".join(c["name"] for c in checks if not c["passed"]))
     report = results_dir / "report.md"
     if report.is_file():
         shutil.copyfile(report, out_dir / "report.md")
@@ -48,7 +55,11 @@ def publish(results_dir: Path, out_dir: Path, echo=print) -> int:
     else:
         (out_dir / "report.md").write_text(f"No report: {path} was not written.\n")
     passed = bool(lookup(results, "validation.passed"))
-    for check in lookup(results, "validation.checks") or []:
+    for check in checks:
         echo(f"check {check['name']}: {'passed' if check['passed'] else 'FAILED'} ({check['detail']})")
-    echo(f"validation: {'PASSED' if passed else 'FAILED'}")
-    return 0 if passed else 1
+    run_ok = run_status in (None, "", "Succeeded")
+    if not run_ok:
+        echo(f"publish: the run step ended {run_status} (exit code {run_exit_code or 'unknown'}); the results above "
+             "may be an earlier attempt's and are not this run's verdict — see the run step's logs.")
+    echo(f"validation: {'PASSED' if passed else 'FAILED'}" + ("" if run_ok else "; run step: FAILED"))
+    return 0 if passed and run_ok else 1

@@ -41,7 +41,10 @@ PUBLISHED = {
     "wall-seconds": "performance.wall_seconds",
     "peak-gpu-mem-bytes": "performance.peak_gpu_mem_bytes",
     "peak-host-mem-bytes": "performance.peak_host_mem_bytes",
+    "nan-count": "validation.nan_count",
 }
+# Written by publish itself, not looked up in results.json: the names of the failed checks, comma-separated.
+FAILED_CHECKS = "failed-checks"
 RUN_INPUTS = ("image", "model", "dataset", "overrides", "gpus", "gpu-product")
 
 RUN_SCRIPT = f"""set -eu
@@ -144,14 +147,15 @@ def _publish_template(s: ClusterSettings) -> Container:
         name="publish",
         image=_inp("image"),
         image_pull_policy=s.image_pull_policy,
-        command=["influence-job", "publish", "--results", RESULTS_DIR, "--out", OUTPUTS_DIR],
-        inputs=[Parameter(name="image")],
+        command=["influence-job", "publish", "--results", RESULTS_DIR, "--out", OUTPUTS_DIR,
+                 "--run-status", _inp("run-status"), "--run-exit-code", _inp("run-exit-code")],
+        inputs=[Parameter(name="image"), Parameter(name="run-status"), Parameter(name="run-exit-code")],
         volume_mounts=[m.VolumeMount(name="results", mount_path="/results", read_only=True)],
         resources=_small_resources(),
         outputs=m.Outputs(
             parameters=[
                 m.Parameter(name=name, global_name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}"))
-                for name in PUBLISHED
+                for name in (*PUBLISHED, FAILED_CHECKS)
             ],
             artifacts=[m.Artifact(name="report", path=f"{OUTPUTS_DIR}/report.md", archive=m.ArchiveStrategy(none={}))],
         ),
@@ -162,8 +166,11 @@ def _publish_template(s: ClusterSettings) -> Container:
 
 def _main_steps(run: Container, publish: Container) -> Steps:
     with Steps(name="main", inputs=[Parameter(name=n) for n in RUN_INPUTS]) as steps:
-        run(arguments={n: _inp(n) for n in RUN_INPUTS}, continue_on=m.ContinueOn(failed=True))
-        publish(arguments={"image": _inp("image")})
+        # Failed (non-zero exit) and Errored (pod deleted, evicted) alike go on to publish, which is told how the
+        # run ended: a stale passing results.json from an earlier attempt must not make the workflow pass.
+        run(arguments={n: _inp(n) for n in RUN_INPUTS}, continue_on=m.ContinueOn(failed=True, error=True))
+        publish(arguments={"image": _inp("image"), "run-status": "{{steps.run.status}}",
+                           "run-exit-code": "{{steps.run.exitCode}}"})
     return steps
 
 
@@ -182,6 +189,14 @@ def build_workflow_template(s: ClusterSettings) -> WorkflowTemplate:
         service_account_name=s.service_account,
         arguments=run_arguments(s, s.model, s.dataset, s.overrides),
         volumes=volumes(s),
+        metrics=m.Metrics(prometheus=[
+            m.Prometheus(name="influence_job_workflow_result_total",
+                         help="Finished influence-job workflows by final status.",
+                         labels=[m.MetricLabel(key="status", value="{{workflow.status}}")],
+                         counter=m.Counter(value="1")),
+            m.Prometheus(name="influence_job_workflow_duration_seconds", help="Duration of the last workflow.",
+                         gauge=m.Gauge(realtime=False, value="{{workflow.duration}}")),
+        ]),
     ) as wt:
         _main_steps(_run_template(s), _publish_template(s))
     return wt
