@@ -57,7 +57,12 @@ def test_workflow_template_shape():
     assert "torchrun --nproc-per-node \"$GPUS\"" in run["container"]["command"][2]
     assert run["nodeSelector"] == {"nvidia.com/gpu.product": "{{inputs.parameters.gpu-product}}"}
     assert run["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert run["retryStrategy"] == {"limit": 2, "retryPolicy": "OnError"}
+    assert run["retryStrategy"]["retryPolicy"] == "Always" and run["retryStrategy"]["limit"] == 2
+    assert run["retryStrategy"]["backoff"] == {"duration": "1m", "factor": 2, "maxDuration": "30m"}
+    assert wt["spec"]["activeDeadlineSeconds"] == 43200 and wt["spec"]["podGC"] == {"strategy": "OnPodSuccess"}
+    assert wt["spec"]["ttlStrategy"] == {"secondsAfterSuccess": 604800, "secondsAfterFailure": 1209600}
+    env = {e["name"]: e["value"] for e in run["container"]["env"]}
+    assert env["NCCL_DEBUG"] == "WARN" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
     assert run["sidecars"][0]["ports"][0]["containerPort"] == 9400
     shm = next(v for v in wt["spec"]["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
@@ -209,3 +214,40 @@ def test_nightly_compares_by_default_and_publishes_the_verdict():
     assert outputs == {"verdict": "/tmp/outputs/verdict", "regressions": "/tmp/outputs/regressions",
                        "comparable": "/tmp/outputs/comparable"}
     assert errors(cron) == []
+
+
+def evaluate_retry(expression: str, status: str, exit_code: str, message: str) -> bool:
+    """The retry expression evaluated for one finished attempt.
+
+    This stands in for Argo's expr-lang evaluator, which cannot run here: the expression's operators (==, in,
+    &&, ||, matches, string literals and lists) are rewritten to their Python equivalents token by token, and
+    `matches` searches with the same (?i) regular expression, as Go's regexp.MatchString does.
+    """
+    import re
+    from types import SimpleNamespace
+
+    py = re.sub(r'(lastRetry\.\w+) matches ("(?:[^"\\]|\\.)*")', r"_matches(\1, \2)", expression)
+    py = py.replace("&&", " and ").replace("||", " or ")
+    assert "matches" not in py.replace("_matches", "") and "!" not in py.replace("!=", "")
+    last = SimpleNamespace(status=status, exitCode=exit_code, message=message)
+    return eval(py, {"__builtins__": {}}, {"lastRetry": last, "_matches": lambda s, p: re.search(p, s) is not None})
+
+
+@pytest.mark.parametrize("status,exit_code,message,retried", [
+    ("Failed", "1", "Error (exit code 1)", False),  # validation failed: deterministic
+    ("Failed", "2", "Error (exit code 2)", False),  # bad input
+    ("Failed", "4", "Error (exit code 4)", False),  # a bug
+    ("Failed", "3", "Error (exit code 3)", True),  # a rank died or timed out (NCCL, a lost GPU)
+    ("Failed", "137", "OOMKilled (exit code 137)", True),  # the OOM killer / SIGKILL
+    ("Failed", "143", "Error (exit code 143)", True),  # SIGTERM before the pod was gone
+    ("Failed", "", "The node was low on resource: memory. Container run was using 250Gi.", True),  # kubelet eviction
+    ("Failed", "", "Pod was evicted", True),
+    ("Error", "", "pod deleted", True),  # API eviction, drain, preemption: the pod is deleted
+    ("Error", "", "node lost", True),
+])
+def test_retry_expression_retries_interruptions_and_not_failures(status, exit_code, message, retried):
+    from influence_job.cluster.workflows import RETRY_EXPRESSION
+
+    run = next(t for t in hera_docs(ClusterSettings())[0]["spec"]["templates"] if t["name"] == "run")
+    assert run["retryStrategy"]["expression"] == RETRY_EXPRESSION
+    assert evaluate_retry(RETRY_EXPRESSION, status, exit_code, message) is retried

@@ -72,7 +72,28 @@ class ClusterSettings(_Base):
     dataset: str = Field("/data/datasets/rollouts.jsonl", description="Default data set (a run parameter).")
     overrides: str = Field("", description="Default extra `--set KEY=VALUE` words (a run parameter).")
     active_deadline_seconds: int = Field(14400, ge=60, description="Deadline of the run step.")
-    retry_limit: int = Field(2, ge=0, le=10, description="Retries of the run step after pod errors (evictions).")
+    retry_limit: int = Field(
+        2, ge=0, le=10,
+        description="Retries of the run step after a transient interruption (eviction, preemption, node loss, "
+        "SIGKILL/OOM, SIGTERM, a rank failure); never after exit 1 (validation), 2 (input) or 4 (a bug). "
+        "A retry resumes from the checkpoint.")
+    retry_backoff: str = Field("1m", pattern=r"^[0-9]+(s|m|h)$", description="Wait before the first retry.")
+    retry_backoff_max: str = Field("30m", pattern=r"^[0-9]+(s|m|h)$",
+                                   description="Longest wait between retries (the wait doubles each time).")
+    workflow_deadline_seconds: int = Field(
+        43200, ge=60, description="activeDeadlineSeconds of the whole workflow (retries and publish included).")
+    pod_gc_strategy: str = Field(
+        "OnPodSuccess", pattern="^(OnPodCompletion|OnPodSuccess|OnWorkflowCompletion|OnWorkflowSuccess)$",
+        description="podGC strategy: when finished pods are deleted (failed ones stay for their logs by default).")
+    ttl_seconds_after_success: int = Field(
+        604800, ge=0, description="ttlStrategy: seconds a succeeded workflow is kept (default 7 days).")
+    ttl_seconds_after_failure: int = Field(
+        1209600, ge=0, description="ttlStrategy: seconds a failed workflow is kept (default 14 days).")
+    nccl_debug: str = Field("WARN", pattern="^(VERSION|WARN|INFO|TRACE)$", description="NCCL_DEBUG of the run pod.")
+    omp_num_threads: int = Field(
+        4, ge=1, le=256,
+        description="OMP_NUM_THREADS of each rank (torchrun's default of 1 starves CPU-side work; cpu / gpus is "
+        "a good value).")
     metrics_port: int = Field(9400, ge=1024, le=65535, description="Port of the metrics sidecar's /metrics.")
     pushgateway: str = Field("", description="Pushgateway URL for final run metrics; empty: no push.")
     nightly: NightlySettings = Field(default_factory=NightlySettings)

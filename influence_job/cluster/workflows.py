@@ -45,6 +45,16 @@ PUBLISHED = {
 }
 # Written by publish itself, not looked up in results.json: the names of the failed checks, comma-separated.
 FAILED_CHECKS = "failed-checks"
+# When Argo retries the run step (retryPolicy Always + this expression; a retry resumes from the checkpoint):
+# - an Error (the pod was deleted: API eviction, preemption, drain, node loss) — always transient;
+# - a Failure with exit 137 (SIGKILL: the OOM killer, a kubelet kill), 143 (SIGTERM before the pod was gone) or 3
+#   (a torchrun rank died or timed out: NCCL errors and lost GPUs are usually transient), or whose message says
+#   the kubelet evicted it or the node went away;
+# - never exit 1 (validation failed), 2 (bad input) or 4 (a bug): those are deterministic.
+RETRY_EXPRESSION = (
+    'lastRetry.status == "Error" || (lastRetry.status == "Failed" && (lastRetry.exitCode in ["3", "137", "143"] '
+    '|| lastRetry.message matches "(?i)(evict|low on resource|preempt|node .*(lost|shutdown))"))'
+)
 RUN_INPUTS = ("image", "model", "dataset", "overrides", "gpus", "gpu-product")
 
 RUN_SCRIPT = f"""set -eu
@@ -115,6 +125,9 @@ def _run_template(s: ClusterSettings) -> Container:
             m.EnvVar(name="CHECKPOINT", value=CHECKPOINT_DIR),
             m.EnvVar(name="PROMETHEUS_MULTIPROC_DIR", value=METRICS_DIR),
             m.EnvVar(name="INFLUENCE_PUSHGATEWAY", value=s.pushgateway),
+            m.EnvVar(name="NCCL_DEBUG", value=s.nccl_debug),
+            m.EnvVar(name="TORCH_NCCL_ASYNC_ERROR_HANDLING", value="1"),  # a failed collective ends the ranks
+            m.EnvVar(name="OMP_NUM_THREADS", value=str(s.omp_num_threads)),
         ],
         resources=m.ResourceRequirements(
             requests={"cpu": s.cpu, "memory": s.memory, "nvidia.com/gpu": _inp("gpus")},
@@ -129,7 +142,10 @@ def _run_template(s: ClusterSettings) -> Container:
         ],
         node_selector={s.gpu_product_label: _inp("gpu-product")},
         tolerations=[m.Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
-        retry_strategy=m.RetryStrategy(limit=s.retry_limit, retry_policy="OnError"),
+        retry_strategy=m.RetryStrategy(
+            limit=s.retry_limit, retry_policy="Always", expression=RETRY_EXPRESSION,
+            backoff=m.Backoff(duration=s.retry_backoff, factor=2, max_duration=s.retry_backoff_max),
+        ),
         active_deadline_seconds=s.active_deadline_seconds,
         sidecars=[sidecar],
         labels={**LABELS, "app.kubernetes.io/component": "run"},
@@ -189,6 +205,10 @@ def build_workflow_template(s: ClusterSettings) -> WorkflowTemplate:
         service_account_name=s.service_account,
         arguments=run_arguments(s, s.model, s.dataset, s.overrides),
         volumes=volumes(s),
+        active_deadline_seconds=s.workflow_deadline_seconds,
+        pod_gc=m.PodGC(strategy=s.pod_gc_strategy),
+        ttl_strategy=m.TTLStrategy(seconds_after_success=s.ttl_seconds_after_success,
+                                   seconds_after_failure=s.ttl_seconds_after_failure),
         metrics=m.Metrics(prometheus=[
             m.Prometheus(name="influence_job_workflow_result_total",
                          help="Finished influence-job workflows by final status.",
