@@ -15,13 +15,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TRANSFORMERS_OFFLINE=1
 
 WORKDIR /opt/influence-job
+# The locked dependencies (with hashes) in their own layer, before the source: a code change reuses it.
 COPY images/requirements.txt ./requirements.txt
+RUN pip install --no-cache-dir --require-hashes --requirement requirements.txt \
+    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin influence
 COPY pyproject.toml README.md ./
 COPY influence_job ./influence_job
-# Pinned dependencies first; the base image's torch satisfies the package's range, so pip keeps it.
-RUN pip install --no-cache-dir --requirement requirements.txt \
-    && pip install --no-cache-dir --no-deps . \
-    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin influence
+# The package alone; the base image's torch satisfies its range.
+RUN pip install --no-cache-dir --no-deps .
 USER 10001
 WORKDIR /home/influence
 

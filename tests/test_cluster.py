@@ -3,6 +3,7 @@ a real Helm engine, kubernetes-validate for core objects, hadolint for the Docke
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -251,3 +252,46 @@ def test_retry_expression_retries_interruptions_and_not_failures(status, exit_co
     run = next(t for t in hera_docs(ClusterSettings())[0]["spec"]["templates"] if t["name"] == "run")
     assert run["retryStrategy"]["expression"] == RETRY_EXPRESSION
     assert evaluate_retry(RETRY_EXPRESSION, status, exit_code, message) is retried
+
+
+def argo_pod(wf_spec: dict, template: dict) -> dict:
+    """The Pod Argo makes for a container template: the workflow's pod security context and volumes, the
+    template's container and sidecars (Argo's own init/wait containers left out), parameters filled in."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "influence-diagnostic-x7k2p-run"},
+           "spec": {"securityContext": wf_spec["securityContext"], "volumes": wf_spec["volumes"],
+                    "containers": [{"name": "main", **template["container"]}, *template.get("sidecars", [])],
+                    "restartPolicy": "Never"}}
+    for key in ("nodeSelector", "tolerations"):
+        if key in template:
+            pod["spec"][key] = template[key]
+    text = yaml.safe_dump(pod).replace("{{inputs.parameters.gpus}}", "8")  # a quantity: GPUs
+    return yaml.safe_load(re.sub(r"\{\{[^}]+\}\}", "x", text))
+
+
+@pytest.mark.parametrize("values", [{}, {"security": {"runAsUser": 2000, "fsGroup": 3000,
+                                                      "readOnlyRootFilesystem": False}}], ids=["defaults", "custom"])
+def test_pods_run_as_non_root_with_a_writable_tmp_and_pass_kubernetes_validate(values, tmp_path):
+    """Every step's pod carries the security fields (from values, secure by default), and the Pod Argo would make
+    passes kubernetes-validate strict."""
+    settings = load_settings(_write(tmp_path / "v.yaml", values))
+    docs = {d["kind"]: d for d in hera_docs(settings)}
+    sec = values.get("security", {})
+    for kind in ("WorkflowTemplate", "CronWorkflow"):
+        spec = docs[kind]["spec"] if kind == "WorkflowTemplate" else docs[kind]["spec"]["workflowSpec"]
+        assert spec["securityContext"] == {
+            "runAsNonRoot": True, "runAsUser": sec.get("runAsUser", 10001), "runAsGroup": 10001,
+            "fsGroup": sec.get("fsGroup", 10001), "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"}}
+        assert {"name": "tmp", "emptyDir": {}} in spec["volumes"]
+        for t in spec["templates"]:
+            for c in ([t["container"]] if "container" in t else []) + t.get("sidecars", []):
+                assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                                "readOnlyRootFilesystem": sec.get("readOnlyRootFilesystem", True)}
+                assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+                assert {"name": "HOME", "value": "/tmp/home"} in c["env"]
+            if "container" in t:
+                kubernetes_validate.validate(argo_pod(spec, t), K8S_VERSION, strict=True)
+    chart = [d for d in render_chart({"security": sec} if sec else {}) if d["kind"] == "WorkflowTemplate"][0]
+    assert chart["spec"]["securityContext"]["runAsNonRoot"] is True  # a YAML boolean, not the string "true"
+    run = next(t for t in chart["spec"]["templates"] if t["name"] == "run")
+    assert run["container"]["securityContext"]["readOnlyRootFilesystem"] is sec.get("readOnlyRootFilesystem", True)

@@ -47,6 +47,26 @@ class NightlySettings(_Base):
     starting_deadline_seconds: int = Field(3600, ge=0, description="How late a missed schedule may still start.")
 
 
+class SecuritySettings(_Base):
+    """Pod and container security of every step. The image runs as UID 10001; fsGroup makes a fresh results
+    volume writable by it (the kubelet changes the volume's group on first mount)."""
+
+    run_as_user: int = Field(10001, ge=1, description="runAsUser of every container (the image's user).")
+    run_as_group: int = Field(10001, ge=1, description="runAsGroup of every container.")
+    fs_group: int = Field(10001, ge=0, description="fsGroup: volumes are made writable by this group.")
+    fs_group_change_policy: str = Field(
+        "OnRootMismatch", pattern="^(OnRootMismatch|Always)$",
+        description="fsGroupChangePolicy: OnRootMismatch changes ownership only when the volume's root does not "
+        "match (fast on large volumes).")
+    run_as_non_root: bool = Field(True, description="runAsNonRoot: refuse to start a container as root.")
+    seccomp_profile: str = Field("RuntimeDefault", pattern="^(RuntimeDefault|Unconfined)$",
+                                 description="seccompProfile type of the pods.")
+    allow_privilege_escalation: bool = Field(False, description="allowPrivilegeEscalation of every container.")
+    read_only_root_filesystem: bool = Field(
+        True, description="readOnlyRootFilesystem of every container; /tmp (with HOME and the caches under it) is "
+        "a writable emptyDir.")
+
+
 class ClusterSettings(_Base):
     name: str = Field("influence-diagnostic", pattern=DNS_NAME, description="WorkflowTemplate name.")
     namespace: str | None = Field(None, description="Namespace of the Argo objects (the chart sets its own).")
@@ -96,6 +116,7 @@ class ClusterSettings(_Base):
         "a good value).")
     metrics_port: int = Field(9400, ge=1024, le=65535, description="Port of the metrics sidecar's /metrics.")
     pushgateway: str = Field("", description="Pushgateway URL for final run metrics; empty: no push.")
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     nightly: NightlySettings = Field(default_factory=NightlySettings)
 
 

@@ -71,8 +71,41 @@ def _inp(name: str) -> str:
     return "{{inputs.parameters.%s}}" % name
 
 
+# With a read-only root file system, /tmp is the one writable place: HOME and the caches live under it.
+WRITABLE_ENV = {"HOME": "/tmp/home", "XDG_CACHE_HOME": "/tmp/cache", "HF_HOME": "/tmp/cache/huggingface",
+                "TRITON_CACHE_DIR": "/tmp/cache/triton", "TORCHINDUCTOR_CACHE_DIR": "/tmp/cache/inductor"}
+
+
+def pod_security(s: ClusterSettings) -> m.PodSecurityContext:
+    """The pods' security context (built unvalidated: the chart generator passes sentinels for its values)."""
+    sec = s.security
+    return m.PodSecurityContext.model_construct(
+        run_as_non_root=sec.run_as_non_root, run_as_user=sec.run_as_user, run_as_group=sec.run_as_group,
+        fs_group=sec.fs_group, fs_group_change_policy=sec.fs_group_change_policy,
+        seccomp_profile=m.SeccompProfile.model_construct(type=sec.seccomp_profile),
+    )
+
+
+def container_security(s: ClusterSettings) -> m.SecurityContext:
+    sec = s.security
+    return m.SecurityContext.model_construct(
+        allow_privilege_escalation=sec.allow_privilege_escalation,
+        read_only_root_filesystem=sec.read_only_root_filesystem,
+        capabilities=m.Capabilities(drop=["ALL"]),
+    )
+
+
+def writable(env: list[m.EnvVar] | None = None, mounts: list[m.VolumeMount] | None = None) -> dict:
+    """Container keywords that give it the writable /tmp (env HOME and caches under it)."""
+    return {
+        "env": [*(env or []), *(m.EnvVar(name=k, value=v) for k, v in WRITABLE_ENV.items())],
+        "volume_mounts": [*(mounts or []), m.VolumeMount(name="tmp", mount_path="/tmp")],
+    }
+
+
 def volumes(s: ClusterSettings) -> list[m.Volume]:
     return [
+        m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource()),
         m.Volume(name="dshm", empty_dir=m.EmptyDirVolumeSource(medium="Memory", size_limit=s.shm_size)),
         m.Volume(name="data", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
             claim_name=s.data_claim, read_only=True)),
@@ -107,8 +140,9 @@ def _run_template(s: ClusterSettings) -> Container:
         image_pull_policy=s.image_pull_policy,
         command=["influence-job", "exporter", "--dir", METRICS_DIR, "--port", str(port)],
         ports=[m.ContainerPort(container_port=port, name="metrics")],
-        volume_mounts=[m.VolumeMount(name="metrics", mount_path=METRICS_DIR)],
+        **writable(mounts=[m.VolumeMount(name="metrics", mount_path=METRICS_DIR)]),
         resources=_small_resources(),
+        security_context=container_security(s),
     )
     return Container(
         name="run",
@@ -116,7 +150,7 @@ def _run_template(s: ClusterSettings) -> Container:
         image_pull_policy=s.image_pull_policy,
         command=["sh", "-c", RUN_SCRIPT],
         inputs=[Parameter(name=n) for n in RUN_INPUTS],
-        env=[
+        **writable(env=[
             m.EnvVar(name="MODEL", value=_inp("model")),
             m.EnvVar(name="DATASET", value=_inp("dataset")),
             m.EnvVar(name="OVERRIDES", value=_inp("overrides")),
@@ -128,18 +162,18 @@ def _run_template(s: ClusterSettings) -> Container:
             m.EnvVar(name="NCCL_DEBUG", value=s.nccl_debug),
             m.EnvVar(name="TORCH_NCCL_ASYNC_ERROR_HANDLING", value="1"),  # a failed collective ends the ranks
             m.EnvVar(name="OMP_NUM_THREADS", value=str(s.omp_num_threads)),
-        ],
-        resources=m.ResourceRequirements(
-            requests={"cpu": s.cpu, "memory": s.memory, "nvidia.com/gpu": _inp("gpus")},
-            limits={"memory": s.memory, "nvidia.com/gpu": _inp("gpus")},
-        ),
-        volume_mounts=[
+        ], mounts=[
             m.VolumeMount(name="dshm", mount_path="/dev/shm"),
             m.VolumeMount(name="data", mount_path="/data", read_only=True),
             m.VolumeMount(name="results", mount_path="/results"),
             m.VolumeMount(name="metrics", mount_path=METRICS_DIR),
             m.VolumeMount(name="config", mount_path="/etc/influence-job", read_only=True),
-        ],
+        ]),
+        security_context=container_security(s),
+        resources=m.ResourceRequirements(
+            requests={"cpu": s.cpu, "memory": s.memory, "nvidia.com/gpu": _inp("gpus")},
+            limits={"memory": s.memory, "nvidia.com/gpu": _inp("gpus")},
+        ),
         node_selector={s.gpu_product_label: _inp("gpu-product")},
         tolerations=[m.Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
         retry_strategy=m.RetryStrategy(
@@ -166,7 +200,8 @@ def _publish_template(s: ClusterSettings) -> Container:
         command=["influence-job", "publish", "--results", RESULTS_DIR, "--out", OUTPUTS_DIR,
                  "--run-status", _inp("run-status"), "--run-exit-code", _inp("run-exit-code")],
         inputs=[Parameter(name="image"), Parameter(name="run-status"), Parameter(name="run-exit-code")],
-        volume_mounts=[m.VolumeMount(name="results", mount_path="/results", read_only=True)],
+        **writable(mounts=[m.VolumeMount(name="results", mount_path="/results", read_only=True)]),
+        security_context=container_security(s),
         resources=_small_resources(),
         outputs=m.Outputs(
             parameters=[
@@ -205,6 +240,7 @@ def build_workflow_template(s: ClusterSettings) -> WorkflowTemplate:
         service_account_name=s.service_account,
         arguments=run_arguments(s, s.model, s.dataset, s.overrides),
         volumes=volumes(s),
+        security_context=pod_security(s),
         active_deadline_seconds=s.workflow_deadline_seconds,
         pod_gc=m.PodGC(strategy=s.pod_gc_strategy),
         ttl_strategy=m.TTLStrategy(seconds_after_success=s.ttl_seconds_after_success,
@@ -232,8 +268,9 @@ def build_cron_workflow(s: ClusterSettings) -> CronWorkflow:
         command=["influence-job", "compare", _inp("baseline"), RESULTS_DIR, "--promote-if-missing",
                  "--outputs", OUTPUTS_DIR, "--outputs", compare_dir, "--instance", n.instance],
         inputs=[Parameter(name="image"), Parameter(name="baseline")],
-        env=[m.EnvVar(name="INFLUENCE_PUSHGATEWAY", value=s.pushgateway)],
-        volume_mounts=[m.VolumeMount(name="results", mount_path="/results")],  # promotes the first baseline
+        **writable(env=[m.EnvVar(name="INFLUENCE_PUSHGATEWAY", value=s.pushgateway)],
+                   mounts=[m.VolumeMount(name="results", mount_path="/results")]),  # promotes the first baseline
+        security_context=container_security(s),
         resources=_small_resources(),
         outputs=m.Outputs(parameters=[
             m.Parameter(name=name, global_name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}"))
@@ -258,6 +295,7 @@ def build_cron_workflow(s: ClusterSettings) -> CronWorkflow:
             Parameter(name="baseline", value=n.baseline),
         ],
         volumes=volumes(s),
+        security_context=pod_security(s),
         workflow_metadata=m.WorkflowMetadata(labels={**LABELS, "app.kubernetes.io/component": "nightly"}),
     ) as cron:
         with Steps(name="nightly", inputs=[Parameter(name=p) for p in (*RUN_INPUTS, "compare", "baseline")]):
