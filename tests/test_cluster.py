@@ -22,7 +22,10 @@ from influence_job.cluster.workflows import build_all, build_submission
 ROOT = Path(__file__).resolve().parents[1]
 K8S_VERSION = "1.33.0"
 CUSTOM_VALUES = {"gpus": 4, "gpuProduct": "NVIDIA-H100-80GB-HBM3", "nightly": {"schedule": "30 3 * * 1-5"},
-                 "image": "registry.local/influence-job:dev", "retryLimit": 4}
+                 "image": "registry.local/influence-job:dev", "retryLimit": 4,
+                 "priorityClassName": "gpu-batch", "semaphore": {"configMap": "gpu-pool", "key": "h200"},
+                 "artifactRepository": {"configMap": "artifact-repositories", "key": "s3"},
+                 "security": {"runAsUser": 2000, "readOnlyRootFilesystem": False}}
 HERA_MODELS = {"WorkflowTemplate": hm.WorkflowTemplate, "CronWorkflow": hm.CronWorkflow, "Workflow": hm.Workflow}
 
 
@@ -295,3 +298,22 @@ def test_pods_run_as_non_root_with_a_writable_tmp_and_pass_kubernetes_validate(v
     assert chart["spec"]["securityContext"]["runAsNonRoot"] is True  # a YAML boolean, not the string "true"
     run = next(t for t in chart["spec"]["templates"] if t["name"] == "run")
     assert run["container"]["securityContext"]["readOnlyRootFilesystem"] is sec.get("readOnlyRootFilesystem", True)
+
+
+def test_optional_workflow_fields_only_when_set(tmp_path):
+    """Priority class, semaphore and artifacts are off by default — a cluster without a default artifact
+    repository must not fail every workflow — and present, in Hera's objects and the chart's alike, when set."""
+    plain = {d["kind"]: d for d in render_chart({})}
+    for kind in ("WorkflowTemplate", "CronWorkflow"):
+        spec = plain[kind]["spec"] if kind == "WorkflowTemplate" else plain[kind]["spec"]["workflowSpec"]
+        assert not {"podPriorityClassName", "synchronization", "artifactRepositoryRef"} & set(spec)
+    publish = next(t for t in plain["WorkflowTemplate"]["spec"]["templates"] if t["name"] == "publish")
+    assert "artifacts" not in publish["outputs"]
+    custom = {d["kind"]: d for d in render_chart(CUSTOM_VALUES)}
+    spec = custom["WorkflowTemplate"]["spec"]
+    assert spec["podPriorityClassName"] == "gpu-batch"
+    assert spec["synchronization"] == {"semaphores": [{"configMapKeyRef": {"name": "gpu-pool", "key": "h200"}}]}
+    assert spec["artifactRepositoryRef"] == {"configMap": "artifact-repositories", "key": "s3"}
+    publish = next(t for t in spec["templates"] if t["name"] == "publish")
+    assert publish["outputs"]["artifacts"][0]["name"] == "report"
+    assert custom["CronWorkflow"]["spec"]["workflowSpec"]["synchronization"] == spec["synchronization"]

@@ -47,6 +47,23 @@ class NightlySettings(_Base):
     starting_deadline_seconds: int = Field(3600, ge=0, description="How late a missed schedule may still start.")
 
 
+class SemaphoreSettings(_Base):
+    """An Argo semaphore shared by every workflow of this template and the nightly (off by default): its limit, a
+    number in a ConfigMap, is how many may hold the GPU pool at once, so nightly and ad-hoc runs queue."""
+
+    config_map: str = Field("", description="ConfigMap holding the semaphore's limit; empty: no semaphore.")
+    key: str = Field("influence-job", min_length=1, description="Key of the limit in that ConfigMap.")
+
+
+class ArtifactRepositorySettings(_Base):
+    """Argo artifacts are opt-in: without a repository the publish step saves none (the report stays on the
+    results volume and in the step's log), so a cluster without a default artifact repository still works."""
+
+    config_map: str = Field("", description="ConfigMap of the artifact repository (artifactRepositoryRef); "
+                            "empty: no artifacts.")
+    key: str = Field("default-v1", min_length=1, description="Key of the repository in that ConfigMap.")
+
+
 class SecuritySettings(_Base):
     """Pod and container security of every step. The image runs as UID 10001; fsGroup makes a fresh results
     volume writable by it (the kubelet changes the volume's group on first mount)."""
@@ -116,6 +133,10 @@ class ClusterSettings(_Base):
         "a good value).")
     metrics_port: int = Field(9400, ge=1024, le=65535, description="Port of the metrics sidecar's /metrics.")
     pushgateway: str = Field("", description="Pushgateway URL for final run metrics; empty: no push.")
+    priority_class_name: str = Field(
+        "", description="podPriorityClassName of the workflow's pods (a PriorityClass of your cluster); empty: none.")
+    semaphore: SemaphoreSettings = Field(default_factory=SemaphoreSettings)
+    artifact_repository: ArtifactRepositorySettings = Field(default_factory=ArtifactRepositorySettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     nightly: NightlySettings = Field(default_factory=NightlySettings)
 

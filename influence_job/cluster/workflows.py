@@ -208,7 +208,8 @@ def _publish_template(s: ClusterSettings) -> Container:
                 m.Parameter(name=name, global_name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}"))
                 for name in (*PUBLISHED, FAILED_CHECKS)
             ],
-            artifacts=[m.Artifact(name="report", path=f"{OUTPUTS_DIR}/report.md", archive=m.ArchiveStrategy(none={}))],
+            artifacts=[m.Artifact(name="report", path=f"{OUTPUTS_DIR}/report.md", archive=m.ArchiveStrategy(none={}))]
+            if s.artifact_repository.config_map else None,
         ),
         labels={**LABELS, "app.kubernetes.io/component": "publish"},
         metrics=_argo_metrics("publish", [rows]),
@@ -225,6 +226,20 @@ def _main_steps(run: Container, publish: Container) -> Steps:
     return steps
 
 
+def workflow_options(s: ClusterSettings) -> dict:
+    """Workflow-spec fields shared by the WorkflowTemplate and the CronWorkflow; optional ones only when set."""
+    options = {"volumes": volumes(s), "security_context": pod_security(s)}
+    if s.priority_class_name:
+        options["pod_priority_class_name"] = s.priority_class_name
+    if s.semaphore.config_map:
+        options["synchronization"] = m.Synchronization(semaphores=[m.SemaphoreRef(
+            config_map_key_ref=m.ConfigMapKeySelector(name=s.semaphore.config_map, key=s.semaphore.key))])
+    if s.artifact_repository.config_map:
+        options["artifact_repository_ref"] = m.ArtifactRepositoryRef(
+            config_map=s.artifact_repository.config_map, key=s.artifact_repository.key)
+    return options
+
+
 def run_arguments(s: ClusterSettings, model: str, dataset: str, overrides: str) -> list[Parameter]:
     values = {"image": s.image, "model": model, "dataset": dataset, "overrides": overrides,
               "gpus": str(s.gpus), "gpu-product": s.gpu_product}
@@ -239,8 +254,7 @@ def build_workflow_template(s: ClusterSettings) -> WorkflowTemplate:
         entrypoint="main",
         service_account_name=s.service_account,
         arguments=run_arguments(s, s.model, s.dataset, s.overrides),
-        volumes=volumes(s),
-        security_context=pod_security(s),
+        **workflow_options(s),
         active_deadline_seconds=s.workflow_deadline_seconds,
         pod_gc=m.PodGC(strategy=s.pod_gc_strategy),
         ttl_strategy=m.TTLStrategy(seconds_after_success=s.ttl_seconds_after_success,
@@ -294,8 +308,7 @@ def build_cron_workflow(s: ClusterSettings) -> CronWorkflow:
             Parameter(name="compare", value=str(n.compare).lower()),
             Parameter(name="baseline", value=n.baseline),
         ],
-        volumes=volumes(s),
-        security_context=pod_security(s),
+        **workflow_options(s),
         workflow_metadata=m.WorkflowMetadata(labels={**LABELS, "app.kubernetes.io/component": "nightly"}),
     ) as cron:
         with Steps(name="nightly", inputs=[Parameter(name=p) for p in (*RUN_INPUTS, "compare", "baseline")]):
