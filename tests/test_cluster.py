@@ -150,7 +150,8 @@ def test_chart_core_objects_pass_kubernetes_validate_strict():
 
 
 def test_chart_switches():
-    kinds = {d["kind"] for d in render_chart({"nightly": {"enabled": False}, "rbac": {"create": False},
+    kinds = {d["kind"] for d in render_chart({"nightly": {"enabled": False},
+                                               "rbac": {"create": False, "submitter": False},
                                                "resultsVolume": {"create": False}, "dashboard": {"enabled": False}})}
     assert kinds == {"WorkflowTemplate", "ConfigMap"}
 
@@ -317,3 +318,19 @@ def test_optional_workflow_fields_only_when_set(tmp_path):
     publish = next(t for t in spec["templates"] if t["name"] == "publish")
     assert publish["outputs"]["artifacts"][0]["name"] == "report"
     assert custom["CronWorkflow"]["spec"]["workflowSpec"]["synchronization"] == spec["synchronization"]
+
+
+def test_chart_has_the_smallest_submitter_role():
+    docs = render_chart({"rbac": {"submitterSubjects": [{"kind": "Group", "name": "ml-researchers",
+                                                          "apiGroup": "rbac.authorization.k8s.io"}]}})
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "influence-job-submitter")
+    assert role["rules"] == [
+        {"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["create", "get", "list", "watch"]},
+        {"apiGroups": ["argoproj.io"], "resources": ["workflowtemplates", "cronworkflows"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["pods", "pods/log", "events"], "verbs": ["get", "list"]},
+    ]
+    binding = next(d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "influence-job-submitter")
+    assert [s["name"] for s in binding["subjects"]] == ["influence-job-submitter", "ml-researchers"]
+    for doc in (role, binding):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert not [d for d in render_chart({"rbac": {"submitter": False}}) if d["metadata"]["name"].endswith("submitter")]

@@ -32,7 +32,8 @@ def _explain(exc: Exception, server: str, namespace: str, token_env: str | None)
                           "Use a valid service-account token.")
     if status == 403:
         return InputError(f"the token may not create workflows in namespace {namespace!r} (403 Forbidden). Grant "
-                          "its service account the chart's submitter role, or choose another --namespace.")
+                          "its service account the chart's Role influence-job-submitter (or use the token of the "
+                          "service account influence-job-submitter), or choose another --namespace.")
     if status == 404:
         return InputError(f"not found (404) on {server}: the namespace {namespace!r} or the WorkflowTemplate does "
                           f"not exist there. Install the Helm chart into that namespace first. ({detail})")
