@@ -17,6 +17,7 @@ from conftest import exact_config
 from influence_job.cli import main
 from influence_job.cluster.publish import publish
 from influence_job.cluster.workflows import PUBLISHED
+from influence_job.errors import InputError
 from influence_job.pipeline import run_job
 
 TOKEN = "s3cr3t-token"
@@ -184,3 +185,23 @@ def test_publish_fails_when_the_run_failed_despite_a_passing_stale_result(tiny_m
     assert any(f"the run step ended {status} (exit code {code})" in line for line in lines)
     assert lines[-1] == "validation: PASSED; run step: FAILED"
     assert publish(results, tmp_path / "o2", echo=lines.append, run_status="Succeeded", run_exit_code="0") == 0
+
+
+def test_hera_python_path_example_submits_the_same_workflow(argo):
+    """examples/submit_with_hera.py against the local stand-in for Argo's server (FakeArgo checks the request
+    and validates the posted workflow against Argo's schema)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "submit_with_hera.py"
+    spec = importlib.util.spec_from_file_location("submit_with_hera", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    name = example.submit(argo, "ml", TOKEN, "/data/models/m", "/data/d.jsonl", "--set projection.factor=16")
+    assert name == "influence-diagnostic-x7k2p"
+    namespace, wf = FakeArgo.received[-1]
+    assert namespace == "ml" and wf["spec"]["workflowTemplateRef"] == {"name": "influence-diagnostic"}
+    args = {p["name"]: p["value"] for p in wf["spec"]["arguments"]["parameters"]}
+    assert args["overrides"] == "--set projection.factor=16" and args["model"] == "/data/models/m"
+    with pytest.raises(InputError, match="projection.factr: unknown key"):
+        example.submit(argo, "ml", TOKEN, "/data/models/m", "/data/d.jsonl", "--set projection.factr=16")
