@@ -198,6 +198,7 @@ def test_run_script_keeps_the_checkpoint_with_the_workflow(tmp_path):
     (tmp_path / "torchrun").chmod(0o755)
     env = {e["name"]: substitute(e.get("value", "")) for e in run["container"]["env"]}
     env["PATH"] = f"{tmp_path}:/usr/bin:/bin"
+    env["METRICS_LINGER_SECONDS"] = "0"
     script = substitute(run["container"]["command"][2])
     words = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, check=True).stdout.split()
     assert words[words.index("--output") + 1] == "/results/influence-diagnostic-x7k2p"
@@ -334,3 +335,38 @@ def test_chart_has_the_smallest_submitter_role():
     for doc in (role, binding):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     assert not [d for d in render_chart({"rbac": {"submitter": False}}) if d["metadata"]["name"].endswith("submitter")]
+
+
+def _run_script(tmp_path: Path, torchrun: str, linger: str) -> subprocess.Popen:
+    """The run container's script under sh, with a stand-in `torchrun` (a shell script) on PATH."""
+    wt = hera_docs(ClusterSettings())[0]
+    run = next(t for t in wt["spec"]["templates"] if t["name"] == "run")
+    (tmp_path / "torchrun").write_text("#!/bin/sh\n" + torchrun)
+    (tmp_path / "torchrun").chmod(0o755)
+    env = {e["name"]: re.sub(r"\{\{[^}]+\}\}", "x", e.get("value", "")) for e in run["container"]["env"]}
+    env.update(PATH=f"{tmp_path}:/usr/bin:/bin", METRICS_LINGER_SECONDS=linger, GPUS="1")
+    return subprocess.Popen(["sh", "-c", re.sub(r"\{\{[^}]+\}\}", "x", run["container"]["command"][2])],
+                            env=env, cwd=tmp_path)
+
+
+def test_run_script_lingers_for_the_last_scrape_and_keeps_the_exit_code(tmp_path):
+    import time
+
+    t0 = time.monotonic()
+    proc = _run_script(tmp_path, "exit 3\n", linger="1")
+    assert proc.wait(timeout=30) == 3  # the job's own code (here: a rank failure) reaches Argo unchanged
+    assert time.monotonic() - t0 >= 1  # the pod stayed up for the sidecar's last scrape
+
+
+def test_run_script_passes_sigterm_on_and_reports_143(tmp_path):
+    """Eviction: the pod's shell gets SIGTERM; torchrun must get it too, and the step must end 143 (retried), not
+    whatever code torchrun chooses, and without lingering into the kubelet's grace period."""
+    import signal
+    import time
+
+    marker = tmp_path / "got-term"
+    proc = _run_script(tmp_path, f"trap 'touch {marker}; exit 1' TERM\nwhile :; do sleep 0.1; done\n", linger="60")
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert marker.exists()

@@ -131,6 +131,10 @@ class ClusterSettings(_Base):
         4, ge=1, le=256,
         description="OMP_NUM_THREADS of each rank (torchrun's default of 1 starves CPU-side work; cpu / gpus is "
         "a good value).")
+    metrics_linger_seconds: int = Field(
+        30, ge=0, le=600,
+        description="After the run ends, the pod stays up this long (≥ one scrape interval of your PodMonitor) so "
+        "that Prometheus scrapes the sidecar's final values; Argo stops the sidecar when the run container exits.")
     metrics_port: int = Field(9400, ge=1024, le=65535, description="Port of the metrics sidecar's /metrics.")
     pushgateway: str = Field("", description="Pushgateway URL for final run metrics; empty: no push.")
     priority_class_name: str = Field(

@@ -61,9 +61,23 @@ RUN_SCRIPT = f"""set -eu
 config=""
 if [ -f {CONFIG_FILE} ]; then config="--config {CONFIG_FILE}"; fi
 # $config and $OVERRIDES are split into words on purpose: OVERRIDES holds `--set KEY=VALUE` words.
-exec torchrun --nproc-per-node "$GPUS" --no-python influence-job run $config \\
+# torchrun runs as a child so that this shell can (1) pass SIGTERM on (eviction) and report it as exit 143,
+# which the retry expression retries, and (2) after a normal end, keep the pod up one metrics scrape
+# interval so that Prometheus scrapes the sidecar's final values before Argo stops the sidecar with it.
+stopped="" pid=""
+trap 'stopped=1; [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null || true' TERM INT
+torchrun --nproc-per-node "$GPUS" --no-python influence-job run $config \\
   --set model.builtin=null --set "model.path=$MODEL" --set "data.path=$DATASET" --output "$OUT" \\
-  --set "output.checkpoint_dir=$CHECKPOINT" $OVERRIDES
+  --set "output.checkpoint_dir=$CHECKPOINT" $OVERRIDES &
+pid=$!
+status=0
+while :; do
+  if wait "$pid"; then status=0; else status=$?; fi
+  kill -0 "$pid" 2>/dev/null || break  # still running: a trapped signal interrupted the wait
+done
+if [ -n "$stopped" ]; then exit 143; fi
+sleep "$METRICS_LINGER_SECONDS"
+exit "$status"
 """
 
 
@@ -162,6 +176,7 @@ def _run_template(s: ClusterSettings) -> Container:
             m.EnvVar(name="NCCL_DEBUG", value=s.nccl_debug),
             m.EnvVar(name="TORCH_NCCL_ASYNC_ERROR_HANDLING", value="1"),  # a failed collective ends the ranks
             m.EnvVar(name="OMP_NUM_THREADS", value=str(s.omp_num_threads)),
+            m.EnvVar(name="METRICS_LINGER_SECONDS", value=str(s.metrics_linger_seconds)),
         ], mounts=[
             m.VolumeMount(name="dshm", mount_path="/dev/shm"),
             m.VolumeMount(name="data", mount_path="/data", read_only=True),
