@@ -5,7 +5,7 @@
 # is importable. Each step writes $OUT/<step>.txt; a failed or timed-out step does not stop the others.
 #
 # The device machine has no network. The project runs from the working tree (PYTHONPATH), so nothing is
-# installed; if the image lacks a dependency (pydantic, pyyaml, prometheus-client, tqdm), the env step
+# installed; if the image lacks a dependency (pydantic, pyyaml, prometheus-client, tqdm, pyarrow), the env step
 # says which, and wheels for them can be carried in WHEELS (default .gpu-wheels/, installed offline).
 #
 # Run: bash bench/gpu.sh              on the device machine
@@ -28,13 +28,13 @@ step() {
 }
 
 if [ -d "$WHEELS" ]; then
-    pip install --no-index --find-links "$WHEELS" pydantic pyyaml prometheus-client tqdm >"$OUT/wheels.txt" 2>&1
+    pip install --no-index --find-links "$WHEELS" pydantic pyyaml prometheus-client tqdm pyarrow >"$OUT/wheels.txt" 2>&1
 fi
 step env 60 python -c '
 import importlib, platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
 print("devices", [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
-for name in ["transformers", "pydantic", "yaml", "prometheus_client", "tqdm", "numpy", "pynvml", "bergson"]:
+for name in ["transformers", "pydantic", "yaml", "prometheus_client", "tqdm", "pyarrow", "numpy", "pynvml", "bergson"]:
     try:
         print(name, getattr(importlib.import_module(name), "__version__", "present"))
     except ImportError as exc:
