@@ -101,7 +101,9 @@ def render_report(r: dict) -> str:
               f"{inf['exclude_self']}."]
     parts += ["## Performance", table(
         ["measure", "value"],
-        [["wall seconds", perf["wall_seconds"]], ["Hessian solve seconds (all modules)", perf["hessian_solve_seconds"]]]
+        [["wall seconds", perf["wall_seconds"]], ["Hessian solve seconds (all modules)", perf["hessian_solve_seconds"]],
+         ["diagnostics seconds (unprojected comparison, curvature similarity; in phase curvature_solve)",
+          perf["diagnostics_seconds"]]]
         + [[f"phase {k} s", v] for k, v in perf["phase_seconds"].items()]
         + [["peak GPU memory GiB", perf["peak_gpu_mem_bytes"] / 2**30],
            ["peak host memory GiB", perf["peak_host_mem_bytes"] / 2**30]],
@@ -128,7 +130,8 @@ def summary_lines(r: dict, out_dir) -> list[str]:
         f"{len(r['modules'])} modules)",
         f"rows emitted {val['rows_emitted']} ({r['influence']['skipped_rows']} of them skipped: prompts without "
         "an accepted/rejected contrast), "
-        f"wall {r['performance']['wall_seconds']:.1f} s, solve {r['performance']['hessian_solve_seconds']:.2f} s",
+        f"wall {r['performance']['wall_seconds']:.1f} s, solve {r['performance']['hessian_solve_seconds']:.2f} s, "
+        f"diagnostics {r['performance']['diagnostics_seconds']:.2f} s",
         f"validation: {'PASSED' if val['passed'] else 'FAILED (' + ', '.join(failed) + ')'}",
         f"output: {out_dir}",
     ]

@@ -78,6 +78,9 @@ class ModuleRecord(_Model):
     solver: str = Field(description="Route of the module's factorisations: kernel, dense or mixed(...).")
     damping: float | None = Field(description="λ of the global factorisation (null in per-prompt scope).")
     solve_seconds: float
+    diagnostic_seconds: float = Field(
+        description="Seconds of the diagnostics computed from this module's factors (unprojected comparison, "
+        "curvature similarity), inside the curvature_solve phase but not in solve_seconds.")
     factorisations: int
     failed_factorisations: int
 
@@ -169,6 +172,7 @@ class Performance(_Model):
     wall_seconds: float
     phase_seconds: dict[str, float]
     hessian_solve_seconds: float
+    diagnostics_seconds: float = Field(description="Sum of the modules' diagnostic_seconds.")
     peak_gpu_mem_bytes: int
     peak_host_mem_bytes: int
     rank_phase_seconds: list[dict[str, float]]
