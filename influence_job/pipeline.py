@@ -178,8 +178,10 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
         torch.cuda.reset_peak_memory_stats(device)
     with phases("load"):
         ds, model, selected, unprojected_name, model_name = load_inputs(cfg, device)
-        fp = fingerprint(cfg, ds)
+        # Hashing the weight files reads them whole: rank 0 alone does it, and open_store shares the result.
+        fp = fingerprint(cfg, ds) if comm.is_root else None
         store = open_store(cfg, fp, len(selected), fresh, write, comm)
+        fp = store.fingerprint if write else fp
     try:
         return _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, model, selected,
                            unprojected_name, model_name, fp, store)
@@ -250,16 +252,17 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, model, 
     return RunResult(results=results, raw=totals.raw, hinv=totals.hinv, rows=rows, phase_seconds=phases.seconds)
 
 
-def open_store(cfg: JobConfig, fp: dict, n_modules: int, fresh: bool, write: bool, comm: Comm):
+def open_store(cfg: JobConfig, fp: dict | None, n_modules: int, fresh: bool, write: bool, comm: Comm):
     """Where module contributions go: the run's checkpoint directory when it writes an output (rank 0 checks
-    it and tells the other ranks which modules are done), else memory."""
+    it and tells the other ranks its fingerprint and which modules are done), else memory."""
     if not write:
         return MemoryStore()
     ckpt = prepare(cfg, fp, n_modules, fresh) if comm.is_root else None
-    done = comm.all_gather_object(sorted(ckpt.done) if ckpt else None, "share the checkpoint's finished modules")[0]
+    shared = comm.all_gather_object({"done": sorted(ckpt.done), "fingerprint": fp} if ckpt else None,
+                                    "share the checkpoint's fingerprint and finished modules")[0]
     if ckpt is None:
-        ckpt = Checkpoint(checkpoint_dir(cfg).resolve(), fp, settings=config_part(cfg))
-        ckpt.done = {i: ckpt.file(i) for i in done}
+        ckpt = Checkpoint(checkpoint_dir(cfg).resolve(), shared["fingerprint"], settings=config_part(cfg))
+        ckpt.done = {i: ckpt.file(i) for i in shared["done"]}
     return ckpt
 
 
