@@ -24,18 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from influence_job.config import read_yaml_mapping, validate_with_overrides
+from influence_job.config import _Section, read_yaml_mapping, validate_with_overrides
 from influence_job.errors import InputError
 from influence_job.results import Results, read_results
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INPUT, EXIT_NOT_COMPARABLE = 0, 1, 2, 5
 ORDER = {"regression": 0, "not comparable": 0, "improvement": 1, "not judged": 2, "ok": 3}
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class NumberTolerances(_Section):
@@ -149,7 +145,7 @@ def _walk_stats(group: str, prefix: str, b: dict, c: dict, tol: NumberTolerances
         if isinstance(bv, dict):
             yield from _walk_stats(group, name, bv, cv or {}, tol, dot_scale)
         elif isinstance(bv, int | float) and not isinstance(bv, bool) and key != "n" or bv is None:
-            is_cos = ".cos." in f"{name}." or "cos" in key or "_cos" in name
+            is_cos = ".cos." in name or "_cos." in name  # a cell's cos stats, a *_cos summary
             atol = tol.cos_atol if is_cos else tol.dot_atol * dot_scale
             yield _number_row(group, name, bv, cv, atol, tol.rtol)
         elif key == "n":
