@@ -63,12 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--namespace", default="argo", help="namespace of the workflow (default: argo)")
     submit.add_argument("--token-env", metavar="VAR", help="environment variable holding the bearer token")
     submit.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
-    submit.add_argument("--wait", action="store_true", help="wait for the end; print the phase and the outputs")
+    submit.add_argument("--wait", action="store_true",
+                        help="wait for the end; print the phase, the outputs and, on failure, why (from the pods' "
+                        "status and events when Kubernetes credentials are available)")
     submit.add_argument("--poll-seconds", type=float, default=10.0, help="status poll interval with --wait")
+    submit.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="with --wait, give up after this long and exit 124 (default: the workflow's deadline, "
+                        "workflowDeadlineSeconds, plus 15 minutes)")
+    submit.add_argument("--no-preflight", action="store_true",
+                        help="submit without checking the cluster first (see `influence-job preflight`)")
+    _kube_args(submit)
     submit.add_argument("--model", help="model directory in the pod (default: the settings' model)")
     submit.add_argument("--dataset", help="data set in the pod (default: the settings' dataset)")
     submit.add_argument("--run-set", dest="run_overrides", metavar="WORDS",
                         help="extra `--set KEY=VALUE` words for the run, e.g. \"--set projection.factor=16\"")
+
+    pre = sub.add_parser("preflight", help="check that the cluster has what a run needs: the WorkflowTemplate, "
+                         "bound data and results PVCs, the Argo token Secret, a node with the GPUs")
+    _cluster_args(pre)
+    pre.add_argument("--namespace", default="argo", help="namespace of the workflow (default: argo)")
+    _kube_args(pre)
 
     cmp = sub.add_parser("compare", help="compare a run with a baseline: exit 0 pass, 1 regression, 2 bad input, "
                          "5 not comparable")
@@ -111,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--out", type=Path, required=True, help="directory for output-parameter files")
     publish.add_argument("--run-status", help="the run step's final status (Argo's steps.run.status)")
     publish.add_argument("--run-exit-code", help="the run step's exit code (Argo's steps.run.exitCode)")
+    publish.add_argument("--workflow", help="also write the verdict as this Workflow's status: the ConfigMap "
+                         "<workflow>-results and the labels influence-job/validation and influence-job/rows-emitted")
+    publish.add_argument("--workflow-uid", help="the Workflow's uid (owner of the ConfigMap); needed with --workflow")
+    publish.add_argument("--namespace", help="the Workflow's namespace; needed with --workflow")
+    publish.add_argument("--results-claim", help="the results PVC, named in the status's results link")
+    _kube_args(publish)
     return parser
 
 
@@ -118,6 +138,12 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--values", type=Path, help="Helm-style values file (camelCase keys, as the chart's values.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one cluster setting, e.g. --set gpus=4 --set nightly.schedule='0 3 * * *'")
+
+
+def _kube_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", help="kubeconfig file for the Kubernetes API (default: in a pod its service "
+                   "account, else $KUBECONFIG or ~/.kube/config)")
+    p.add_argument("--context", help="kubeconfig context (default: the current one)")
 
 
 def _cluster(args) -> int:
@@ -142,14 +168,30 @@ def _cluster(args) -> int:
             (out / name).write_text(text)
             print(out / name)
         return EXIT_OK
+    from influence_job.cluster.kube import api_client
+    from influence_job.cluster.preflight import run_preflight
+
+    if args.command == "preflight":
+        run_preflight(settings, args.namespace, api=api_client(args.kubeconfig, args.context))
+        return EXIT_OK
     from influence_job.cluster.submit import submit
 
     if args.run_overrides is not None:
         check_run_words(args.run_overrides, args.model or settings.model, args.dataset or settings.dataset,
                         "submit --run-set")
     workflow = build_submission(settings, args.model, args.dataset, args.run_overrides)
+    kube = None
+    if not args.no_preflight:
+        try:
+            kube = api_client(args.kubeconfig, args.context)
+        except InputError as exc:
+            raise InputError(f"{exc} (submit checks the cluster first; --no-preflight skips that)") from None
+        run_preflight(settings, args.namespace, api=kube)
+    elif args.wait and (args.kubeconfig or args.context):
+        kube = api_client(args.kubeconfig, args.context)
+    timeout = args.timeout if args.timeout is not None else settings.workflow_deadline_seconds + 900
     return submit(workflow, args.argo_server, args.namespace, args.token_env, args.insecure, args.wait,
-                  args.poll_seconds)
+                  args.poll_seconds, timeout, kube)
 
 
 def _resolve(args):
@@ -241,7 +283,7 @@ def _output_of(args) -> Path:
 
 
 def _command(args) -> int:
-    if args.command in ("render", "submit"):
+    if args.command in ("render", "submit", "preflight"):
         return _cluster(args)
     if args.command == "exporter":
         from influence_job.exporter import serve
@@ -250,7 +292,15 @@ def _command(args) -> int:
     if args.command == "publish":
         from influence_job.cluster.publish import publish
 
-        return publish(args.results, args.out, run_status=args.run_status, run_exit_code=args.run_exit_code)
+        status_to = None
+        if args.workflow:
+            if not (args.workflow_uid and args.namespace):
+                raise InputError("publish --workflow needs --workflow-uid and --namespace (Argo's {{workflow.uid}} "
+                                 "and {{workflow.namespace}}).")
+            status_to = {"workflow": args.workflow, "uid": args.workflow_uid, "namespace": args.namespace,
+                         "claim": args.results_claim, "kubeconfig": args.kubeconfig, "context": args.context}
+        return publish(args.results, args.out, run_status=args.run_status, run_exit_code=args.run_exit_code,
+                       status_to=status_to)
     if args.command == "compare":
         return _compare(args)
     if args.command == "baseline":

@@ -80,6 +80,12 @@ class JobMetrics:
         self.gpu_alloc = gauge("peak_gpu_memory_allocated_bytes", "Peak GPU memory allocated by tensors.", ["rank"])
         self.gpu_reserved = gauge("peak_gpu_memory_reserved_bytes", "Peak GPU memory reserved by the allocator.",
                                   ["rank"])
+        # Device-level memory of this rank's own GPU (every process on it, as nvidia-smi shows): the ranks report
+        # it because they hold the GPUs; the metrics sidecar is given none and sees none.
+        self.gpu_used = gauge("gpu_memory_used_bytes", "Memory in use on the rank's GPU (all processes).",
+                              ["gpu", "rank"], mode="mostrecent")
+        self.gpu_total = gauge("gpu_memory_total_bytes", "Memory size of the rank's GPU.", ["gpu", "rank"],
+                               mode="mostrecent")
         self.host_rss = gauge("peak_host_memory_bytes", "Peak resident set size of the process.", ["rank"])
         self.cgroup = gauge("container_peak_memory_bytes", "Peak memory of the container (cgroup).", ["rank"])
         self.world = gauge("world_size", "Processes in the run.", ["rank"])
@@ -101,11 +107,21 @@ class JobMetrics:
         self.solve.labels(kind, solver).observe(seconds)
         self.modules_done.labels(self.rank).set(done)
         self.modules.labels(self.rank).set(total)
+        self.sample_gpu()
+
+    def sample_gpu(self) -> None:
+        """The current device's memory in use and size (cudaMemGetInfo; no NVML needed)."""
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            free, total = torch.cuda.mem_get_info()
+            index = str(torch.cuda.current_device())
+            self.gpu_used.labels(index, self.rank).set(total - free)
+            self.gpu_total.labels(index, self.rank).set(total)
 
     def sample_memory(self) -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             self.gpu_alloc.labels(self.rank).set(torch.cuda.max_memory_allocated())
             self.gpu_reserved.labels(self.rank).set(torch.cuda.max_memory_reserved())
+            self.sample_gpu()
         else:
             self.gpu_alloc.labels(self.rank).set(0)
             self.gpu_reserved.labels(self.rank).set(0)

@@ -140,7 +140,7 @@ def test_chart_core_objects_pass_kubernetes_validate_strict():
     docs = render_chart({"podMonitor": {"enabled": True}})
     core = [d for d in docs if not d["apiVersion"].startswith(("argoproj.io", "monitoring.coreos.com"))]
     assert {d["kind"] for d in core} == {"ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim",
-                                         "ConfigMap"}
+                                         "ConfigMap", "Secret", "ClusterRole", "ClusterRoleBinding"}
     for doc in core:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     dashboard = next(d for d in core if d["metadata"]["name"] == "influence-job-dashboard")
@@ -329,12 +329,62 @@ def test_chart_has_the_smallest_submitter_role():
         {"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["create", "get", "list", "watch"]},
         {"apiGroups": ["argoproj.io"], "resources": ["workflowtemplates", "cronworkflows"], "verbs": ["get", "list"]},
         {"apiGroups": [""], "resources": ["pods", "pods/log", "events"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"],
+         "resourceNames": ["influence-job-submitter.service-account-token"], "verbs": ["get"]},
     ]
+    cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert cluster_role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+                                     {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"],
+                                      "verbs": ["get"]}]
     binding = next(d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "influence-job-submitter")
-    assert [s["name"] for s in binding["subjects"]] == ["influence-job-submitter", "ml-researchers"]
-    for doc in (role, binding):
+    cluster_binding = next(d for d in docs if d["kind"] == "ClusterRoleBinding")
+    for b in (binding, cluster_binding):
+        assert [s["name"] for s in b["subjects"]] == ["influence-job-submitter", "ml-researchers"]
+    token = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("influence-job-sub"))
+    assert token["type"] == "kubernetes.io/service-account-token"
+    assert token["metadata"]["annotations"] == {"kubernetes.io/service-account.name": "influence-job-submitter"}
+    for doc in (role, binding, cluster_role, cluster_binding, token):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    assert not [d for d in render_chart({"rbac": {"submitter": False}}) if d["metadata"]["name"].endswith("submitter")]
+    names = {d["metadata"]["name"] for d in render_chart({"rbac": {"submitter": False}})}
+    assert not {n for n in names if "submitter" in n or "preflight" in n}
+    assert not [d for d in render_chart({"rbac": {"preflight": False}}) if d["kind"].startswith("Cluster")]
+
+
+def test_only_the_publish_step_gets_a_token_and_its_role_is_exactly_the_status_writes():
+    """Pods mount no service-account token; Argo's executor uses its own Secret; the publish step, the one step
+    that calls the API, runs as the publisher account whose Role is exactly cluster.status.PUBLISHER_RULES."""
+    from influence_job.cluster.status import PUBLISHER_RULES
+
+    docs = render_chart({})
+    wt = next(d for d in docs if d["kind"] == "WorkflowTemplate")
+    assert wt["spec"]["automountServiceAccountToken"] is False
+    assert wt["spec"]["executor"] == {"serviceAccountName": "influence-job"}
+    for t in wt["spec"]["templates"]:
+        if t["name"] == "publish":
+            assert t["serviceAccountName"] == "influence-job-publisher" and t["automountServiceAccountToken"] is True
+        else:
+            assert "automountServiceAccountToken" not in t and "serviceAccountName" not in t
+    cron = next(d for d in docs if d["kind"] == "CronWorkflow")["spec"]["workflowSpec"]
+    assert cron["automountServiceAccountToken"] is False and cron["executor"] == wt["spec"]["executor"]
+    executor_token = next(d for d in docs if d["metadata"]["name"] == "influence-job.service-account-token")
+    assert executor_token["metadata"]["annotations"]["kubernetes.io/service-account.name"] == "influence-job"
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "influence-job-publisher-status")
+    assert role["rules"] == PUBLISHER_RULES
+    binding = next(d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == role["metadata"]["name"])
+    assert binding["subjects"][0]["name"] == "influence-job-publisher"
+    on = next(d for d in render_chart({"security": {"automountServiceAccountToken": True}})
+              if d["kind"] == "WorkflowTemplate")
+    assert on["spec"]["automountServiceAccountToken"] is True
+
+
+def test_metrics_sidecar_sees_no_gpu():
+    wt = hera_docs(ClusterSettings())[0]
+    run = next(t for t in wt["spec"]["templates"] if t["name"] == "run")
+    sidecar, = run["sidecars"]
+    assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in sidecar["env"]
+    assert "nvidia.com/gpu" not in str(sidecar.get("resources"))
+    assert "nvidia.com/gpu" in run["container"]["resources"]["limits"]
 
 
 def _run_script(tmp_path: Path, torchrun: str, linger: str) -> subprocess.Popen:

@@ -10,8 +10,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FROM_BASE_IMAGE = {"torch"}  # the CUDA build comes with the base image
-# Modules of optional extras that the test environment does not install (the `gpu` extra), by distribution.
-NOT_INSTALLED_HERE = {"pynvml": "nvidia-ml-py"}
 
 
 def locked() -> dict[str, str]:
@@ -45,7 +43,7 @@ def test_lock_covers_every_import_of_the_package():
     pins = locked()
     missing = []
     for module in sorted(imported_modules() - FROM_BASE_IMAGE):
-        known = dists.get(module) or [NOT_INSTALLED_HERE.get(module, module)]
+        known = dists.get(module) or [module]
         names = {re.sub(r"[-_.]+", "-", d).lower() for d in known}
         if not names & set(pins):
             missing.append(f"{module} ({', '.join(sorted(names))})")

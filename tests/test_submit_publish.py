@@ -29,6 +29,9 @@ class FakeArgo(BaseHTTPRequestHandler):
     force_status: int | None = None
     received: list = []
     polls: dict = {}
+    running_polls = 1  # polls answered "Running" before the final status
+    final: dict | None = None  # the final status (default: Succeeded with two outputs)
+    get_failures: list = []  # statuses the next polls answer with (transient server failures)
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -71,8 +74,10 @@ class FakeArgo(BaseHTTPRequestHandler):
             return None
         parts = self.path.split("?")[0].strip("/").split("/")
         name = parts[4]
+        if type(self).get_failures:
+            return self._reply(type(self).get_failures.pop(0), {"code": 14, "message": "the stand-in is unavailable"})
         n = type(self).polls[name] = type(self).polls.get(name, 0) + 1
-        status = {"phase": "Running"} if n < 2 else {
+        status = {"phase": "Running"} if n <= type(self).running_polls else type(self).final or {
             "phase": "Succeeded",
             "outputs": {"parameters": [{"name": "rows-emitted", "value": "96"},
                                        {"name": "validation-passed", "value": "true"}]},
@@ -83,6 +88,7 @@ class FakeArgo(BaseHTTPRequestHandler):
 @pytest.fixture
 def argo(monkeypatch):
     FakeArgo.force_status, FakeArgo.received, FakeArgo.polls = None, [], {}
+    FakeArgo.running_polls, FakeArgo.final, FakeArgo.get_failures = 1, None, []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeArgo)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -91,9 +97,9 @@ def argo(monkeypatch):
     server.shutdown()
 
 
-def submit(url, *extra):
+def submit(url, *extra, preflight=False):
     return main(["submit", "--argo-server", url, "--namespace", "ml", "--token-env", "ARGO_TOKEN",
-                 "--poll-seconds", "0.01", *extra])
+                 "--poll-seconds", "0.01", *([] if preflight else ["--no-preflight"]), *extra])
 
 
 def test_submit_posts_a_valid_workflow_with_the_token_and_waits(argo, capsys):
@@ -133,7 +139,7 @@ def test_submit_connection_refused(capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
-    assert main(["submit", "--argo-server", f"http://127.0.0.1:{port}"]) == 2
+    assert main(["submit", "--argo-server", f"http://127.0.0.1:{port}", "--no-preflight"]) == 2
     assert "cannot connect to the Argo server" in capsys.readouterr().err
 
 
@@ -205,3 +211,146 @@ def test_hera_python_path_example_submits_the_same_workflow(argo):
     assert args["overrides"] == "--set projection.factor=16" and args["model"] == "/data/models/m"
     with pytest.raises(InputError, match="projection.factr: unknown key"):
         example.submit(argo, "ml", TOKEN, "/data/models/m", "/data/d.jsonl", "--set projection.factr=16")
+
+
+# ---- submit: preflight first, then --wait with reasons -------------------------------------------------------------
+# Kubernetes calls go to tests/kube_standin.py, a local HTTP server that STANDS IN FOR THE KUBERNETES API SERVER,
+# with the chart's submitter Roles as its RBAC; Argo's calls go to FakeArgo above.
+
+POD = "influence-diagnostic-x7k2p-run-1234"
+
+
+def _pod(status: dict, memory: str = "256Gi") -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": POD, "namespace": "ml",
+                         "labels": {"workflows.argoproj.io/workflow": "influence-diagnostic-x7k2p"},
+                         "annotations": {"workflows.argoproj.io/node-name": "influence-diagnostic-x7k2p[0].run"}},
+            "spec": {"containers": [{"name": "main", "image": "img", "resources": {"limits": {"memory": memory}}},
+                                    {"name": "metrics", "image": "img"}]},
+            "status": status}
+
+
+def _container(name: str, state: dict) -> dict:
+    return {"name": name, "image": "img", "imageID": "", "ready": False, "restartCount": 0, "state": state}
+
+
+def _event(reason: str, message: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{POD}.{reason.lower()}", "namespace": "ml"},
+            "involvedObject": {"kind": "Pod", "name": POD, "namespace": "ml"}, "reason": reason, "message": message,
+            "type": "Warning", "lastTimestamp": "2026-12-01T07:00:00Z"}
+
+
+def _failed_run(message: str, exit_code: str | None = None) -> dict:
+    node = {"id": "influence-diagnostic-x7k2p-1234", "name": "influence-diagnostic-x7k2p[0].run",
+            "displayName": "run", "type": "Pod", "phase": "Failed", "message": message}
+    if exit_code:
+        node["outputs"] = {"exitCode": exit_code}
+    return {"phase": "Failed", "message": "child 'influence-diagnostic-x7k2p-1234' failed",
+            "nodes": {node["id"]: node}}
+
+
+SCENARIOS = {
+    "oom": (_pod({"phase": "Failed", "containerStatuses": [
+        _container("main", {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}),
+        _container("metrics", {"terminated": {"exitCode": 143, "reason": "Error"}})]}),
+        [], _failed_run("OOMKilled (exit code 137)", "137"),
+        ["step run: Failed, exit code 137 (killed (SIGKILL: the OOM killer or the kubelet); retried): OOMKilled",
+         f"pod {POD} (influence-diagnostic-x7k2p[0].run): container main: OOMKilled (exit 137): it used more than "
+         "the memory limit 256Gi; raise memory"]),
+    "evicted": (_pod({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}),
+                [_event("Evicted", "The node was low on resource: memory.")],
+                _failed_run("The node was low on resource: memory."),
+                [f"pod {POD} (influence-diagnostic-x7k2p[0].run): evicted by the kubelet: The node was low on "
+                 "resource: memory.", f"pod {POD} event Evicted: The node was low on resource: memory."]),
+    "image": (_pod({"phase": "Pending", "containerStatuses": [_container("main", {"waiting": {
+        "reason": "ImagePullBackOff", "message": "Back-off pulling image \"registry.local/influence-job:nope\""}})]}),
+        [_event("Failed", "Failed to pull image \"registry.local/influence-job:nope\": not found")],
+        _failed_run("Pod was active on the node longer than the specified deadline"),
+        ["container main: ImagePullBackOff: the image cannot be pulled: check the image (--set image=REPO:TAG)",
+         f"pod {POD} event Failed: Failed to pull image \"registry.local/influence-job:nope\": not found"]),
+    "unschedulable": (_pod({"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}),
+        [_event("FailedScheduling", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")],
+        _failed_run("Pod was active on the node longer than the specified deadline"),
+        ["unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.; check gpus and gpuProduct",
+         f"pod {POD} event FailedScheduling: 0/3 nodes are available"]),
+}
+
+
+@pytest.fixture
+def kube(tmp_path):
+    from kube_standin import KubeStandIn
+    from test_kube_status import SUBMITTER, ready_cluster
+
+    with KubeStandIn(SUBMITTER) as api:
+        ready_cluster(api)
+        api.kubeconfig_file = str(api.kubeconfig(tmp_path / "kubeconfig"))
+        yield api
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_wait_explains_a_failed_run_from_the_pods_status_and_events(argo, kube, capsys, scenario):
+    pod, events, final, expected = SCENARIOS[scenario]
+    kube.add("", "pods", pod)
+    for event in events:
+        kube.add("", "events", event)
+    FakeArgo.final = final
+    code = submit(argo, "--wait", "--kubeconfig", kube.kubeconfig_file, preflight=True)
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
+    assert out.count("ok  ") == 5  # preflight ran first and passed
+    assert "finished: Failed" in out
+    why = [line.strip() for line in out.splitlines() if line.strip().startswith("why:")]
+    for fragment in expected:
+        assert any(fragment in line for line in why), (fragment, why)
+    assert not any("container metrics" in line for line in why)  # Argo stopping the sidecar is not a reason
+
+
+def test_wait_reports_a_pending_pods_problem_once_while_it_waits(argo, kube, capsys):
+    pod, events, _, _ = SCENARIOS["unschedulable"]
+    kube.add("", "pods", pod)
+    FakeArgo.running_polls = 4
+    assert submit(argo, "--wait", "--kubeconfig", kube.kubeconfig_file, preflight=True) == 0
+    out = capsys.readouterr().out
+    waiting = [line for line in out.splitlines() if line.startswith("waiting:")]
+    assert len(waiting) == 1 and "unschedulable: 0/3 nodes are available" in waiting[0]
+    assert "finished: Succeeded" in out
+
+
+def test_submit_stops_before_submitting_when_preflight_fails(argo, kube, capsys):
+    del kube.objects[("argoproj.io", "ml", "workflowtemplates", "influence-diagnostic")]
+    assert submit(argo, "--wait", "--kubeconfig", kube.kubeconfig_file, preflight=True) == 2
+    out, err = capsys.readouterr()
+    assert "FAIL template" in out and "preflight: 1 check(s) failed" in err and "--no-preflight" in err
+    assert FakeArgo.received == []  # nothing was submitted
+
+
+def test_submit_without_kubernetes_credentials_says_how_to_skip_preflight(argo, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert submit(argo, preflight=True) == 2
+    err = capsys.readouterr().err
+    assert "no usable Kubernetes credentials" in err and "--no-preflight" in err
+    assert FakeArgo.received == []
+
+
+def test_wait_survives_transient_poll_errors(argo, capsys):
+    FakeArgo.get_failures = [503, 502, 500]
+    assert submit(argo, "--wait") == 0
+    out = capsys.readouterr().out
+    assert out.count("poll failed") == 3 and "retrying (attempt 3)" in out and "finished: Succeeded" in out
+
+
+def test_wait_stops_on_a_poll_error_that_is_not_transient(argo, capsys):
+    FakeArgo.get_failures = [403]
+    assert submit(argo, "--wait") == 2
+    assert "403 Forbidden" in capsys.readouterr().err
+
+
+def test_wait_gives_up_after_its_timeout(argo, capsys):
+    FakeArgo.running_polls = 10**9
+    assert submit(argo, "--wait", "--timeout", "0.3") == 124
+    out = capsys.readouterr().out
+    assert "gave up waiting after 0 s: workflow influence-diagnostic-x7k2p is still running" in out
+    assert "--timeout" in out

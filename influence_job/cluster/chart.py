@@ -39,8 +39,12 @@ class RbacValues(_Base):
     create: bool = Field(True, description="Create the service account, Role and RoleBinding the pods run as.")
     submitter: bool = Field(
         True, description="Create the Role influence-job-submitter (start workflows of the template and follow "
-        "them: workflows create/get/list/watch, workflowtemplates get, pods and their logs and events read) and a "
-        "service account of that name bound to it, whose token `influence-job submit` can use.")
+        "them: workflows create/get/list/watch, workflowtemplates get, pods and their logs and events read; for "
+        "preflight the PVCs and the token Secret) and a service account of that name bound to it, with its token "
+        "Secret argoTokenSecret for `influence-job submit`.")
+    preflight: bool = Field(
+        True, description="Also create the ClusterRole influence-job-preflight-<namespace> (list nodes, get storage "
+        "classes: what `influence-job preflight` reads outside the namespace), bound to the submitter's subjects.")
     submitter_subjects: list[dict] = Field(
         default_factory=list,
         description="More subjects bound to the submitter Role, e.g. [{kind: Group, name: ml-researchers, "

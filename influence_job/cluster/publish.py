@@ -30,11 +30,14 @@ def _text(value) -> str:
 
 
 def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None = None,
-            run_exit_code: str | None = None) -> int:
+            run_exit_code: str | None = None, status_to: dict | None = None) -> int:
     """Returns the exit code: 0 when the run step succeeded and its results exist and passed validation, else 1.
 
     ``run_status``/``run_exit_code`` are the run step's (Argo's ``steps.run.status``/``exitCode``): a run that
     did not succeed fails publish whatever results.json says, since that file may be an earlier attempt's.
+    ``status_to`` (workflow, uid, namespace; optionally claim, the results PVC, kubeconfig and context) also
+    writes the verdict as the Workflow's Kubernetes status (cluster.status); a refusal there is an error, not a
+    silent omission.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / "results.json"
@@ -44,16 +47,20 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
         results = {}
         echo(f"publish: no valid result at {path} ({exc}); the run step failed before writing its outputs "
              "(see the run step's logs).")
-    for name, dotted in PUBLISHED.items():
-        (out_dir / name).write_text(_text(lookup(results, dotted)))
+    figures = {name: _text(lookup(results, dotted)) for name, dotted in PUBLISHED.items()}
+    for name, text in figures.items():
+        (out_dir / name).write_text(text)
     checks = lookup(results, "validation.checks") or []
-    (out_dir / FAILED_CHECKS).write_text(",".join(c["name"] for c in checks if not c["passed"]))
+    failed = [c["name"] for c in checks if not c["passed"]]
+    (out_dir / FAILED_CHECKS).write_text(",".join(failed))
     report = results_dir / "report.md"
     if report.is_file():
+        summary = report.read_text()
         shutil.copyfile(report, out_dir / "report.md")
-        echo(report.read_text())
+        echo(summary)
     else:
-        (out_dir / "report.md").write_text(f"No report: {path} was not written.\n")
+        summary = f"No report: {path} was not written.\n"
+        (out_dir / "report.md").write_text(summary)
     passed = bool(lookup(results, "validation.passed"))
     for check in checks:
         echo(f"check {check['name']}: {'passed' if check['passed'] else 'FAILED'} ({check['detail']})")
@@ -61,5 +68,20 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
     if not run_ok:
         echo(f"publish: the run step ended {run_status} (exit code {run_exit_code or 'unknown'}); the results above "
              "may be an earlier attempt's and are not this run's verdict — see the run step's logs.")
+        failed = [*failed, f"run-step-{str(run_status).lower()}"]
     echo(f"validation: {'PASSED' if passed else 'FAILED'}" + ("" if run_ok else "; run step: FAILED"))
-    return 0 if passed and run_ok else 1
+    verdict = passed and run_ok
+    if status_to:
+        from influence_job.cluster.kube import api_client
+        from influence_job.cluster.status import Verdict, publish_status
+
+        rows = lookup(results, "validation.rows_emitted")
+        claim = status_to.get("claim")
+        where = f"pvc/{claim}:{results_dir}" if claim else str(results_dir)
+        publish_status(
+            api_client(status_to.get("kubeconfig"), status_to.get("context")),
+            Verdict(verdict, rows if run_ok else None, failed, summary, figures, where),
+            status_to["workflow"], status_to["uid"], status_to["namespace"])
+        echo(f"status: ConfigMap {status_to['workflow']}-results and the Workflow's label influence-job/validation="
+             f"{'passed' if verdict else 'failed'} written")
+    return 0 if verdict else 1

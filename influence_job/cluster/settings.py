@@ -82,6 +82,10 @@ class SecuritySettings(_Base):
     read_only_root_filesystem: bool = Field(
         True, description="readOnlyRootFilesystem of every container; /tmp (with HOME and the caches under it) is "
         "a writable emptyDir.")
+    automount_service_account_token: bool = Field(
+        False, description="Mount a service-account token into the pods' containers. Off: only the publish step, "
+        "which writes the status, gets one (as publisherServiceAccount); Argo's executor uses serviceAccount's "
+        "token Secret (executor.serviceAccountName).")
 
 
 class ClusterSettings(_Base):
@@ -92,7 +96,18 @@ class ClusterSettings(_Base):
     )
     image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$",
                                    description="Image pull policy of every container.")
-    service_account: str = Field("influence-job", pattern=DNS_NAME, description="Service account of the pods.")
+    service_account: str = Field(
+        "influence-job", pattern=DNS_NAME,
+        description="Service account of the pods and of Argo's executor (it reports task results; its token comes "
+        "from the Secret <serviceAccount>.service-account-token, which the chart creates).")
+    publisher_service_account: str = Field(
+        "influence-job-publisher", pattern=DNS_NAME,
+        description="Service account of the publish step, which writes the ConfigMap <workflow>-results and the "
+        "Workflow's influence-job/* labels (the chart's Role <publisherServiceAccount>-status allows exactly that).")
+    argo_token_secret: str = Field(
+        "influence-job-submitter.service-account-token", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret holding the token `influence-job submit` uses (the chart creates it for the submitter "
+        "service account); `influence-job preflight` checks that it exists.")
     gpus: int = Field(8, ge=1, le=64, description="GPUs of the run pod; torchrun starts one process per GPU.")
     gpu_product: str = Field("NVIDIA-H200", min_length=1, description="Required GPU product (node selector value).")
     gpu_product_label: str = Field("nvidia.com/gpu.product", description="Node label that names the GPU product.")

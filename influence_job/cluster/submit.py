@@ -6,13 +6,14 @@ import os
 import time
 
 import requests
-from hera.exceptions import HeraException
+from hera.exceptions import HeraException, InternalServerError
 from hera.workflows import WorkflowsService
 from hera.workflows.models import WorkflowCreateRequest
 
 from influence_job.errors import InputError
 
 FINAL_PHASES = ("Succeeded", "Failed", "Error")
+TIMED_OUT = 124  # as timeout(1): still running when --timeout ran out
 
 
 def _explain(exc: Exception, server: str, namespace: str, token_env: str | None) -> InputError:
@@ -54,27 +55,94 @@ def service(server: str, namespace: str, token_env: str | None, insecure: bool) 
     return WorkflowsService(host=server, token=token, namespace=namespace, verify_ssl=not insecure)
 
 
+def _transient(exc: Exception) -> bool:
+    """A poll failure worth retrying: the server or the network hiccuped, the request itself was fine."""
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return True
+    return isinstance(exc, InternalServerError) or type(exc) is HeraException  # 5xx, 429 and other odd statuses
+
+
 def submit(workflow, server: str, namespace: str, token_env: str | None = None, insecure: bool = False,
-           wait: bool = False, poll_seconds: float = 10.0, echo=print) -> int:
+           wait: bool = False, poll_seconds: float = 10.0, timeout_seconds: float | None = None, kube=None,
+           echo=print) -> int:
+    """Create the workflow; with ``wait``, follow it to its end and return 0 (Succeeded), 1 (Failed/Error, with
+    the reasons) or 124 (still running after ``timeout_seconds``). ``kube`` (an ApiClient, optional) lets the
+    reasons come from the pods' status and events as well as from Argo's node messages."""
     svc = service(server, namespace, token_env, insecure)
     try:
         created = svc.create_workflow(WorkflowCreateRequest(workflow=workflow.build()), namespace=namespace)
-        name = created.metadata.name
-        echo(f"submitted workflow {name} in namespace {namespace}")
-        if not wait:
-            return 0
-        while True:
-            wf = svc.get_workflow(name, namespace=namespace)
-            phase = wf.status.phase if wf.status else None
-            if phase in FINAL_PHASES:
-                break
-            time.sleep(poll_seconds)
     except (HeraException, requests.exceptions.RequestException) as exc:
         raise _explain(exc, server, namespace, token_env) from None
+    name = created.metadata.name
+    echo(f"submitted workflow {name} in namespace {namespace}")
+    if not wait:
+        return 0
+    wf = _follow(svc, name, namespace, server, token_env, poll_seconds, timeout_seconds, kube, echo)
+    if wf is None:
+        echo(f"gave up waiting after {timeout_seconds:.0f} s: workflow {name} is still running. Follow it with "
+             f"`argo -n {namespace} watch {name}`, or wait longer with --timeout.")
+        return TIMED_OUT
+    phase = wf.status.phase
     echo(f"workflow {name} finished: {phase}" + (f" ({wf.status.message})" if wf.status.message else ""))
     outputs = wf.status.outputs.parameters if wf.status.outputs and wf.status.outputs.parameters else []
     if outputs:
         width = max(len(p.name) for p in outputs)
         for p in outputs:
             echo(f"  {p.name:<{width}}  {p.value}")
+    if phase != "Succeeded":
+        for line in _reasons(wf, kube, namespace, name, echo):
+            echo(f"  why: {line}")
     return 0 if phase == "Succeeded" else 1
+
+
+
+def _follow(svc, name, namespace, server, token_env, poll_seconds, timeout_seconds, kube, echo):
+    """Poll until a final phase (the Workflow) or the deadline (None). Transient errors are retried until the
+    deadline; problems a pending pod reports (unschedulable, image pull) are printed once as they appear."""
+    deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+    failures, told = 0, set()
+    while True:
+        try:
+            wf = svc.get_workflow(name, namespace=namespace)
+            failures = 0
+        except (HeraException, requests.exceptions.RequestException) as exc:
+            if not _transient(exc):
+                raise _explain(exc, server, namespace, token_env) from None
+            failures += 1
+            echo(f"poll failed ({_explain(exc, server, namespace, token_env)}); retrying (attempt {failures})")
+        else:
+            if wf.status and wf.status.phase in FINAL_PHASES:
+                return wf
+            if kube is not None:
+                for line in _pending_problems(kube, namespace, name, echo):
+                    if line not in told:
+                        told.add(line)
+                        echo(f"waiting: {line}")
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        pause = min(poll_seconds * 2 ** min(failures, 5), 300) if failures else poll_seconds
+        time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+
+
+def _pending_problems(kube, namespace, name, echo) -> list[str]:
+    from influence_job.cluster.explain import from_pods
+    from influence_job.cluster.kube import api_errors
+
+    try:
+        return from_pods(kube, namespace, name, events=False)
+    except api_errors() as exc:  # pod details are a help, never a reason to stop following
+        echo(f"note: cannot read the workflow's pods ({type(exc).__name__}); following the Workflow only")
+        return []
+
+
+def _reasons(wf, kube, namespace, name, echo) -> list[str]:
+    from influence_job.cluster.explain import from_pods, from_workflow
+    from influence_job.cluster.kube import api_errors
+
+    lines = from_workflow(wf)
+    if kube is not None:
+        try:
+            lines += from_pods(kube, namespace, name)
+        except api_errors() as exc:
+            echo(f"note: cannot read the workflow's pods and events ({type(exc).__name__}): reasons from Argo only")
+    return list(dict.fromkeys(lines)) or ["Argo gave no reason; see `argo -n %s logs %s`" % (namespace, name)]

@@ -154,7 +154,10 @@ def _run_template(s: ClusterSettings) -> Container:
         image_pull_policy=s.image_pull_policy,
         command=["influence-job", "exporter", "--dir", METRICS_DIR, "--port", str(port)],
         ports=[m.ContainerPort(container_port=port, name="metrics")],
-        **writable(mounts=[m.VolumeMount(name="metrics", mount_path=METRICS_DIR)]),
+        # The sidecar requests no GPU and must see none (CUDA images set NVIDIA_VISIBLE_DEVICES=all, which would
+        # show it every GPU of the node): the ranks report their own GPUs' memory through the metrics directory.
+        **writable(env=[m.EnvVar(name="NVIDIA_VISIBLE_DEVICES", value="void")],
+                   mounts=[m.VolumeMount(name="metrics", mount_path=METRICS_DIR)]),
         resources=_small_resources(),
         security_context=container_security(s),
     )
@@ -213,11 +216,16 @@ def _publish_template(s: ClusterSettings) -> Container:
         image=_inp("image"),
         image_pull_policy=s.image_pull_policy,
         command=["influence-job", "publish", "--results", RESULTS_DIR, "--out", OUTPUTS_DIR,
-                 "--run-status", _inp("run-status"), "--run-exit-code", _inp("run-exit-code")],
+                 "--run-status", _inp("run-status"), "--run-exit-code", _inp("run-exit-code"),
+                 "--workflow", "{{workflow.name}}", "--workflow-uid", "{{workflow.uid}}",
+                 "--namespace", "{{workflow.namespace}}", "--results-claim", s.results_claim],
         inputs=[Parameter(name="image"), Parameter(name="run-status"), Parameter(name="run-exit-code")],
         **writable(mounts=[m.VolumeMount(name="results", mount_path="/results", read_only=True)]),
         security_context=container_security(s),
         resources=_small_resources(),
+        # The one step that calls the API (the status: cluster.status), as the account allowed exactly that.
+        service_account_name=s.publisher_service_account,
+        automount_service_account_token=True,
         outputs=m.Outputs(
             parameters=[
                 m.Parameter(name=name, global_name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}"))
@@ -243,7 +251,10 @@ def _main_steps(run: Container, publish: Container) -> Steps:
 
 def workflow_options(s: ClusterSettings) -> dict:
     """Workflow-spec fields shared by the WorkflowTemplate and the CronWorkflow; optional ones only when set."""
-    options = {"volumes": volumes(s), "security_context": pod_security(s)}
+    options = {"volumes": volumes(s), "security_context": pod_security(s),
+               # No token in containers that don't call the API; Argo's executor gets its own (a Secret).
+               "automount_service_account_token": s.security.automount_service_account_token,
+               "executor": m.ExecutorConfig(service_account_name=s.service_account)}
     if s.priority_class_name:
         options["pod_priority_class_name"] = s.priority_class_name
     if s.semaphore.config_map:
