@@ -50,7 +50,19 @@ else
     step token_gram_tf32 120 python bench/token_gram.py --device cuda --dtype tf32
     step default_diagnostic_float64 240 python bench/default_diagnostic.py --device cuda
     step default_diagnostic_tf32 240 python bench/default_diagnostic.py --device cuda --gram-dtype tf32
-    step cli_default 120 python -m influence_job run -q --set compute.device=cuda --output "$OUT/cli-default"
+    step cli_default 120 python -m influence_job run -q --set compute.device=cuda --output "$OUT/cli-default" \
+        --set "metrics.dir=$OUT/metrics"
+    # The rank, not the sidecar, reports its GPU's memory (the sidecar is given no GPU): check the series exist.
+    step gpu_metrics 60 python -c '
+import sys
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+registry = CollectorRegistry()
+MultiProcessCollector(registry, path=sys.argv[1])
+samples = [s for m in registry.collect() for s in m.samples if "gpu_memory" in s.name]
+print("\n".join(f"{s.name} {s.labels} {s.value:.0f}" for s in samples))
+sys.exit(0 if any(s.name == "influence_job_gpu_memory_used_bytes" and s.value > 0 for s in samples) else 1)
+' "$OUT/metrics"
     if python -c 'import bergson' 2>/dev/null; then
         step peer_bergson 240 python bench/peer_bergson.py --model qwen2.5-1.5b-random --device cuda \
             --dtype bfloat16
