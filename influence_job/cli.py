@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--to", type=Path, required=True, help="the baseline directory (replaced atomically)")
     promote.add_argument("--reason", default="promoted by hand", help="recorded in baseline.json")
 
+    rep = sub.add_parser("report", help="write report.html and report.md again from an output directory's files "
+                         "(an older run, or after an upgrade)")
+    rep.add_argument("output", type=Path, help="the run's output directory")
+    rep.add_argument("--format", choices=["html", "md"], action="append",
+                     help="which report to write (repeatable; default both)")
+
     schema = sub.add_parser("schema", help="print the JSON Schema of an output file")
     schema.add_argument("what", choices=["results"], help="results: results.json")
 
@@ -308,6 +314,12 @@ def _command(args) -> int:
 
         record = promote(args.run, args.to, args.reason)
         print(f"baseline {args.to} is now {record['run']} ({record['promoted_by']}, {record['promoted_at']})")
+        return EXIT_OK
+    if args.command == "report":
+        from influence_job.report_html import regenerate
+
+        for path in regenerate(args.output, tuple(args.format or ("html", "md"))):
+            print(path)
         return EXIT_OK
     if args.command == "schema":
         import json

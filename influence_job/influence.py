@@ -48,3 +48,30 @@ def token_scores(U: torch.Tensor, V: torch.Tensor, Z: torch.Tensor) -> torch.Ten
     """g_tᵀ z for each row t of (U, V): u_tᵀ Z v_t with Z the (k_out × k_in) reshape of z."""
     Zm = Z.reshape(U.shape[1], V.shape[1])
     return ((U.double() @ Zm) * V.double()).sum(-1)
+
+
+def score_summary(rows: dict[str, np.ndarray]) -> dict | None:
+    """The batch's token scores in a few numbers (results.json ``influence.scores``); None when nothing is scored."""
+    scores = np.asarray(rows["scores"], dtype=float)
+    ok = np.isfinite(scores)
+    if not ok.any():
+        return None
+    flat = np.flatnonzero(ok)
+    hi, lo = flat[np.argmax(scores[ok])], flat[np.argmin(scores[ok])]
+
+    def where(k: int) -> dict:
+        r = int(np.searchsorted(rows["token_offsets"], k, side="right") - 1)
+        return {"response_id": str(rows["response_id"][r]), "position": int(k - rows["token_offsets"][r]),
+                "score": float(scores[k])}
+
+    sums = np.asarray(rows["score_sum"], dtype=float)
+    scored = ~np.asarray(rows["skipped"], dtype=bool)
+    acc = np.asarray(rows["accepted"], dtype=bool)
+
+    def side_mean(sel) -> float | None:
+        return float(sums[sel].mean()) if sel.any() else None
+
+    values = scores[ok]
+    return {"tokens": int(ok.sum()), "mean": float(values.mean()), "std": float(values.std()),
+            "positive_share": float((values > 0).mean()), "max": where(hi), "min": where(lo),
+            "score_sum_mean": {"accepted": side_mean(scored & acc), "rejected": side_mean(scored & ~acc)}}

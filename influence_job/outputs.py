@@ -33,7 +33,8 @@ from influence_job.errors import InputError
 log = logging.getLogger(__name__)
 
 MARKER = ".influence-job"
-RESULT_FILES = ("results.json", "similarity.npz", "influence_rows.npz", "influence_rows.parquet", "report.md")
+RESULT_FILES = ("results.json", "similarity.npz", "influence_rows.npz", "influence_rows.parquet", "report.md",
+                "report.html")
 OWN_FILES = (*RESULT_FILES, "baseline.json")  # a baseline is an output directory plus its record
 _TEMP_FILE = re.compile(r"^\..+\.tmp-\d+$")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from contextlib import contextmanager
@@ -42,13 +43,15 @@ from influence_job.distributed import (
 )
 from influence_job.engine import make_layout, process_module
 from influence_job.errors import InputError
+from influence_job.influence import score_summary
 from influence_job.metrics import JobMetrics, host_peak_rss_bytes
 from influence_job.model import layer_index, load_model, open_model, select_modules
 from influence_job.outputs import check_target, json_safe, npz_bytes, write_output_dir
 from influence_job.progress import Progress
 from influence_job.report import render_report
+from influence_job.report_html import render_html
 from influence_job.results import Results
-from influence_job.similarity import matrix_stats
+from influence_job.similarity import matrix_stats, pair_masks, per_prompt_dot_means
 from influence_job.stops import Stopped, committing
 from influence_job.tables import influence_rows_table, parquet_bytes
 from influence_job.validation import run_checks
@@ -209,7 +212,7 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, model, 
         solve_stage(owned, layout, ds.arrays()["prompt_index"], sim_layers, cfg, store, metrics, n_modules)
     with phases("reduce"):
         peak_gpu = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
-        totals, gathered = reduce_stage(store, n_modules, int(layout.token_offsets[-1]), ds.n, comm, {
+        totals, gathered = reduce_stage(store, n_modules, int(layout.token_offsets[-1]), ds.arrays(), comm, {
             "peak_gpu": peak_gpu, "peak_host": host_peak_rss_bytes(), "phase_seconds": dict(phases.seconds)})
     if not comm.is_root:
         return RunResult(results=None, raw=None, hinv=None, rows={}, phase_seconds=phases.seconds)
@@ -235,17 +238,20 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, model, 
     results = typed.as_dict()
     if write:
         arrays = ds.arrays()
+        similarity = {"raw": totals.raw, "hinv": totals.hinv, "prompt_index": arrays["prompt_index"],
+                      "accepted": arrays["accepted"], "reward": arrays["reward"], "advantage": arrays["advantage"],
+                      "log_prob": cap.log_prob}
+        tokens = _token_strings(ds)
+        with phases("report"):
+            html = render_html(results, similarity, rows, tokens).encode()  # before the write: it takes a while
         with phases("write"), committing():
             write_output_dir(out_dir, {
                 "results.json": (typed.model_dump_json(by_alias=True, indent=2) + "\n").encode(),
-                "similarity.npz": npz_bytes({
-                    "raw": totals.raw, "hinv": totals.hinv, "prompt_index": arrays["prompt_index"],
-                    "accepted": arrays["accepted"], "reward": arrays["reward"],
-                    "advantage": arrays["advantage"], "log_prob": cap.log_prob,
-                }),
+                "similarity.npz": npz_bytes(similarity),
                 "influence_rows.npz": npz_bytes(rows),
-                "influence_rows.parquet": parquet_bytes(influence_rows_table(rows, _token_strings(ds))),
+                "influence_rows.parquet": parquet_bytes(influence_rows_table(rows, tokens)),
                 "report.md": render_report(results).encode(),
+                "report.html": html,
             })
         if not cfg.output.keep_checkpoint:
             store.remove()
@@ -309,8 +315,9 @@ def solve_stage(owned, layout, prompt_index: np.ndarray, sim_layers: set, cfg: J
             metrics.module_done(mf.kind, res.route, res.seconds, k + 1, n_modules)
 
 
-def reduce_stage(store, n_modules: int, n_tokens: int, n_responses: int, comm: Comm, extras: dict):
-    """Rank 0 sums every module's contribution in module order, whichever run or rank computed it.
+def reduce_stage(store, n_modules: int, n_tokens: int, arrays: dict, comm: Comm, extras: dict):
+    """Rank 0 sums every module's contribution in module order, whichever run or rank computed it, and records
+    each module's part of the per-prompt mean dots (its record's ``contribution``).
 
     The gather is also the barrier: when rank 0 has every rank's object, every rank has saved its modules.
     Returns (totals, every rank's ``extras``) on rank 0 and (None, None) elsewhere.
@@ -320,17 +327,20 @@ def reduce_stage(store, n_modules: int, n_tokens: int, n_responses: int, comm: C
         return None, None
     for g in gathered:
         store.take(g.pop("contributions"))
+    n_responses = len(arrays["prompt_index"])
     raw = np.zeros((n_responses, n_responses))
     hinv = np.zeros_like(raw)
     scores = np.zeros(n_tokens)
     records, fidelity, curv = [], None, {}
+    pairs, masks = pair_masks(arrays["prompt_index"], arrays["accepted"])
     for i in range(n_modules):
         c = store.load(i)
         raw += c.raw
         hinv += c.hinv
         if c.scores is not None:
             scores += c.scores
-        records.append(c.record)
+        records.append({**c.record, "contribution": {"raw": per_prompt_dot_means(c.raw, pairs, masks),
+                                                     "hinv": per_prompt_dot_means(c.hinv, pairs, masks)}})
         fidelity = fidelity or c.fidelity
         if c.curvature_similarity is not None:
             curv.setdefault(c.record["kind"], []).append(c.curvature_similarity)
@@ -371,6 +381,7 @@ def assemble_results(cfg: JobConfig, ds: Dataset, cap, layout, totals: Totals, m
             "skipped_prompts": sorted({ds.prompt_ids[p] for p in rows["prompt_index"][rows["skipped"]]}),
             "aggregate": cfg.influence.aggregate,
             "exclude_self": cfg.influence.exclude_self,
+            "scores": score_summary(rows),
         },
         "unprojected_comparison": totals.fidelity,
         "curvature_similarity": {kind: _kind_similarity(m) for kind, m in totals.curvature_similarity.items()},
@@ -456,7 +467,16 @@ def _environment(device: torch.device, world_size: int) -> dict:
                    else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
         "host": platform.node(),
         "world_size": world_size,
+        "host_memory_bytes": _host_memory_bytes(),
+        "gpu_memory_bytes": torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None,
     }
+
+
+def _host_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _kind_similarity(mats: list[dict]) -> dict:

@@ -1,25 +1,16 @@
-"""report.md and the terminal summary: the original report's tables, rendered from results.json's dict."""
+"""report.md and the terminal summary: the original report's tables, rendered from results.json's dict, with
+the number rules of influence_job.numbers (report.html follows the same)."""
 
 from __future__ import annotations
 
+from influence_job.numbers import column_format, fmt, fmt_bytes, fmt_percent, fmt_seconds, format_rows
 from influence_job.similarity import CATEGORIES, SCOPES
 
 
-def fmt(x, digits: int = 4) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}"
-
-
 def table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table; each column's numbers share one notation (influence_job.numbers)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in format_rows(rows)]
     return "\n".join(lines)
 
 
@@ -32,12 +23,11 @@ def projection_table(modules: list[dict]) -> str:
         k["seconds"] += m["solve_seconds"]
     rows = [
         [kind, k["count"], k["in_features"], k["out_features"], k["k_in"], k["k_out"], k["D"],
-         k["hessian_peak_mb"], ", ".join(sorted(k["solvers"])), k["seconds"]]
+         fmt_bytes(8 * k["D"] ** 2), ", ".join(sorted(k["solvers"])), k["seconds"]]
         for kind, k in kinds.items()
     ]
-    return table(
-        ["module", "count", "d_in", "d_out", "k_in", "k_out", "D", "D×D float64 MiB", "solver", "solve s (all)"], rows
-    )
+    return table(["module", "count", "d_in", "d_out", "k_in", "k_out", "D", "D×D float64", "solver",
+                  "solve s (all)"], rows)
 
 
 def similarity_tables(stats: dict) -> str:
@@ -79,12 +69,17 @@ def render_report(r: dict) -> str:
     u = r.get("unprojected_comparison")
     if u:
         rel = u["relative_difference"]
-        rows = [[f"{s} {c}", u["unprojected"][s][c]["dot"]["mean"], u["projected"][s][c]["dot"]["mean"], rel[s][c]]
-                for s in SCOPES for c in CATEGORIES]
+        rows = [[f"{s} {c}", u["unprojected"][s][c]["dot"]["mean"], u["projected"][s][c]["dot"]["mean"],
+                 fmt_percent(rel[s][c])] for s in SCOPES for c in CATEGORIES]
         rows += [[f"self-dot {k}", u["unprojected"]["self_dot"][k]["mean"], u["projected"]["self_dot"][k]["mean"],
-                  rel["self_dot"][k]] for k in ("acc", "rej", "all")]
+                  fmt_percent(rel["self_dot"][k])] for k in ("acc", "rej", "all")]
+        f = u["fidelity"]
         parts += [f"## Unprojected comparison: `{u['module']}` (k_in {u['k_in']}, k_out {u['k_out']})",
-                  table(["RAW dot mean", "exact", "projected", "relative difference"], rows)]
+                  table(["RAW dot mean", "exact", "projected", "relative difference"], rows),
+                  f"Projection fidelity: the projected self-dot mean differs by "
+                  f"{fmt_percent(f['self_dot_relative_error'])} from the exact one; tolerance "
+                  f"±{fmt_percent(f['tolerance'])} ({f['sigma']:g} × the sketch's relative standard deviation "
+                  f"bound {fmt_percent(f['relative_std_bound'])}): {'passed' if f['passed'] else 'FAILED'}."]
     else:
         parts += ["## Unprojected comparison", "Not run (diagnostics.unprojected_module is null)."]
     cs = r.get("curvature_similarity") or {}
@@ -96,18 +91,43 @@ def render_report(r: dict) -> str:
         )]
     inf = r["influence"]
     parts += ["## Token influence rows",
-              f"{inf['rows']} rows (one per response), {inf['skipped_rows']} skipped (no contrast in prompts "
-              f"{', '.join(inf['skipped_prompts']) or 'none'}); aggregate `{inf['aggregate']}`, exclude_self "
-              f"{inf['exclude_self']}."]
+              f"{inf['rows']:,} rows (one per response), {inf['skipped_rows']:,} skipped (no accepted/rejected "
+              f"contrast in prompts {', '.join(inf['skipped_prompts']) or 'none'}); aggregate "
+              f"`{inf['aggregate']}`, each response's own contribution "
+              f"{'excluded' if inf['exclude_self'] else 'included'}."]
+    sc = inf.get("scores")
+    if sc:
+        parts += [table(["token scores", "value"], [
+            ["tokens scored", sc["tokens"]], ["mean", sc["mean"]], ["std", sc["std"]],
+            ["positive", fmt_percent(sc["positive_share"])],
+            ["most positive", f"{fmt(sc['max']['score'])} (response {sc['max']['response_id']}, token "
+                              f"{sc['max']['position']})"],
+            ["most negative", f"{fmt(sc['min']['score'])} (response {sc['min']['response_id']}, token "
+                              f"{sc['min']['position']})"],
+            ["mean score sum, accepted", sc["score_sum_mean"]["accepted"]],
+            ["mean score sum, rejected", sc["score_sum_mean"]["rejected"]],
+        ])]
+    cs_phase = perf["phase_seconds"].get("curvature_solve")
+    split = [] if cs_phase is None else [[
+        "  of which: solves / diagnostics / rest",
+        f"{fmt_seconds(perf['hessian_solve_seconds'])} / {fmt_seconds(perf['diagnostics_seconds'])} / "
+        f"{fmt_seconds(max(0.0, cs_phase - perf['hessian_solve_seconds'] - perf['diagnostics_seconds']))}"]]
+    phase_rows = []
+    for k, v in perf["phase_seconds"].items():
+        phase_rows.append([f"phase {k}", fmt_seconds(v)])
+        if k == "curvature_solve":
+            phase_rows += split
     parts += ["## Performance", table(
         ["measure", "value"],
-        [["wall seconds", perf["wall_seconds"]], ["Hessian solve seconds (all modules)", perf["hessian_solve_seconds"]],
-         ["diagnostics seconds (unprojected comparison, curvature similarity; in phase curvature_solve)",
-          perf["diagnostics_seconds"]]]
-        + [[f"phase {k} s", v] for k, v in perf["phase_seconds"].items()]
-        + [["peak GPU memory GiB", perf["peak_gpu_mem_bytes"] / 2**30],
-           ["peak host memory GiB", perf["peak_host_mem_bytes"] / 2**30]],
-    ), f"Device: {r['environment']['device']}; torch {r['environment']['torch']}."]
+        [["wall", fmt_seconds(perf["wall_seconds"])],
+         ["Hessian solves (all modules, summed over ranks)", fmt_seconds(perf["hessian_solve_seconds"])],
+         ["diagnostics (unprojected comparison, curvature similarity; inside phase curvature_solve)",
+          fmt_seconds(perf["diagnostics_seconds"])]]
+        + phase_rows
+        + [["peak GPU memory", fmt_bytes(perf["peak_gpu_mem_bytes"])],
+           ["peak host memory", fmt_bytes(perf["peak_host_mem_bytes"])]],
+    ), f"Device: {r['environment']['device']}; torch {r['environment']['torch']}. The curvature_solve phase is "
+       "the solves, the diagnostics and the rest (building curvature rows, moving data)."]
     parts += ["## Validation", table(["check", "passed", "detail"],
                                      [[c["name"], c["passed"], c["detail"]] for c in val["checks"]])]
     return "\n\n".join(parts) + "\n"
@@ -120,9 +140,11 @@ def summary_lines(r: dict, out_dir) -> list[str]:
     ]
     for m in ("raw", "hinv"):
         sd = r["similarity"][m]["self_dot"]["all"]["mean"]
-        lines.append(f"{m.upper() + ' dot':14} " + " ".join(f"{fmt(pp(m, c, 'dot')):>12}" for c in CATEGORIES)
-                     + f" {fmt(sd):>12}")
-        lines.append(f"{m.upper() + ' cos':14} " + " ".join(f"{fmt(pp(m, c, 'cos')):>12}" for c in CATEGORIES))
+        dots = [pp(m, c, "dot") for c in CATEGORIES] + [sd]
+        cos = [pp(m, c, "cos") for c in CATEGORIES]
+        one_dot, one_cos = column_format(dots), column_format(cos)  # one notation per line
+        lines.append(f"{m.upper() + ' dot':14} " + " ".join(f"{one_dot(x):>12}" for x in dots))
+        lines.append(f"{m.upper() + ' cos':14} " + " ".join(f"{one_cos(x):>12}" for x in cos))
     val = r["validation"]
     failed = [c["name"] for c in val["checks"] if not c["passed"]]
     lines += [

@@ -65,6 +65,21 @@ class Similarity(_Model):
     hinv: MatrixStatistics
 
 
+class Shares(_Model):
+    acc_acc: float | None = Field(alias="acc-acc")
+    rej_rej: float | None = Field(alias="rej-rej")
+    acc_rej: float | None = Field(alias="acc-rej")
+    self_dot: float | None = Field(alias="self", description="Mean self-dot over all responses.")
+
+
+class Contribution(_Model):
+    """The module's part of the per-prompt mean dots (its own G_m G_mᵀ or G_m H_m⁻¹ G_mᵀ); summed over the
+    modules it gives the model's per-prompt mean dots."""
+
+    raw: Shares
+    hinv: Shares
+
+
 class ModuleRecord(_Model):
     name: str
     kind: str
@@ -83,6 +98,28 @@ class ModuleRecord(_Model):
         "curvature similarity), inside the curvature_solve phase but not in solve_seconds.")
     factorisations: int
     failed_factorisations: int
+    contribution: Contribution | None = Field(None, description="Null in results written before it existed.")
+
+
+class TokenScore(_Model):
+    response_id: str
+    position: int = Field(description="The token's position in its response (0-based).")
+    score: float
+
+
+class SideMeans(_Model):
+    accepted: float | None
+    rejected: float | None
+
+
+class ScoreSummary(_Model):
+    tokens: int = Field(description="Tokens with a score (those of prompts with an accepted/rejected contrast).")
+    mean: float
+    std: float = Field(description="Population standard deviation of the token scores.")
+    positive_share: float = Field(description="Fraction of scored tokens with a positive score.")
+    max: TokenScore
+    min: TokenScore
+    score_sum_mean: SideMeans = Field(description="Mean of the responses' score sums, by side.")
 
 
 class InfluenceSummary(_Model):
@@ -92,6 +129,7 @@ class InfluenceSummary(_Model):
     skipped_prompts: list[str]
     aggregate: str
     exclude_self: bool
+    scores: ScoreSummary | None = Field(None, description="Null when no token is scored, or in older results.")
 
 
 class Fidelity(_Model):
@@ -166,6 +204,8 @@ class Environment(_Model):
     device: str
     host: str
     world_size: int
+    host_memory_bytes: int | None = Field(None, description="Physical memory of the host (rank 0's).")
+    gpu_memory_bytes: int | None = Field(None, description="Memory of rank 0's GPU; null on CPU.")
 
 
 class Performance(_Model):

@@ -55,3 +55,14 @@ def matrix_stats(M: np.ndarray, prompt_index: np.ndarray, accepted: np.ndarray) 
         for name, sel in (("acc", accepted), ("rej", ~accepted), ("all", np.ones_like(accepted)))
     }
     return out
+
+
+def per_prompt_dot_means(M: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], masks: dict) -> dict:
+    """A module's share of the summary: its per-prompt mean dot per category and its mean self-dot. Means are
+    linear, so the modules' values sum to the whole model's (what report.html's "where" section shows)."""
+    i, j = pairs
+    dots = M[i, j]
+    out = {c: float(dots[masks[("per_prompt", c)]].mean()) if masks[("per_prompt", c)].any() else None
+           for c in CATEGORIES}
+    out["self"] = float(np.diag(M).mean()) if len(M) else None
+    return out

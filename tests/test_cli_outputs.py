@@ -27,8 +27,8 @@ def test_default_run_through_console_script(tmp_path):
     assert "[capture] micro-batch" in proc.stderr and "[curvature_solve] module 14/14" in proc.stderr
     assert "validation: PASSED" in proc.stdout and str(out) in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == [".influence-job", "influence_rows.npz",
-                                                      "influence_rows.parquet", "report.md", "results.json",
-                                                      "similarity.npz"]
+                                                      "influence_rows.parquet", "report.html", "report.md",
+                                                      "results.json", "similarity.npz"]
     r = json.loads((out / "results.json").read_text())
     assert (r["n_responses"], r["n_prompts"]) == (32, 8)
     assert r["n_accepted"] + r["n_rejected"] == 32
@@ -121,8 +121,8 @@ def test_crash_while_writing_keeps_previous_result(tiny_model_dir, tiny_data, tm
     # the staging directory was removed; the checkpoint stays, so that repeating the command resumes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "o.ckpt"]
     assert sorted(p.name for p in out.iterdir()) == [".influence-job", "influence_rows.npz",
-                                                      "influence_rows.parquet", "report.md", "results.json",
-                                                      "similarity.npz"]
+                                                      "influence_rows.parquet", "report.html", "report.md",
+                                                      "results.json", "similarity.npz"]
 
 
 def test_results_json_is_strict_json(tiny_model_dir, tiny_data, tmp_path):

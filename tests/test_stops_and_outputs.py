@@ -19,7 +19,7 @@ from influence_job import outputs
 from influence_job.cli import main
 
 DRIVER = str(Path(__file__).with_name("stop_driver.py"))
-PHASES = ["load", "capture", "exchange", "curvature_solve", "reduce", "statistics", "write"]
+PHASES = ["load", "capture", "exchange", "curvature_solve", "reduce", "statistics", "report", "write"]
 SMALL = ["--set", "projection.factor=64", "--set", "diagnostics.curvature_similarity=false"]
 
 

@@ -161,7 +161,7 @@ def test_publish_passing_results(tiny_model_dir, tiny_data, tmp_path, capsys):
     assert (out / "validation-passed").read_text() == "true"
     assert float((out / "hinv-per-prompt-acc-acc-mean").read_text()) == \
         r["similarity"]["hinv"]["per_prompt"]["acc-acc"]["dot"]["mean"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*PUBLISHED, "failed-checks", "report.md"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*PUBLISHED, "failed-checks", "report.md", "report.html"])
     assert (out / "nan-count").read_text() == "0" and (out / "failed-checks").read_text() == ""
 
 

@@ -61,6 +61,11 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
     else:
         summary = f"No report: {path} was not written.\n"
         (out_dir / "report.md").write_text(summary)
+    page = results_dir / "report.html"
+    if page.is_file():
+        shutil.copyfile(page, out_dir / "report.html")
+    else:
+        (out_dir / "report.html").write_text(f"<!DOCTYPE html><title>No report</title><p>{summary}</p>\n")
     passed = bool(lookup(results, "validation.passed"))
     for check in checks:
         echo(f"check {check['name']}: {'passed' if check['passed'] else 'FAILED'} ({check['detail']})")

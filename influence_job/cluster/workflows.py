@@ -87,7 +87,8 @@ def _inp(name: str) -> str:
 
 # With a read-only root file system, /tmp is the one writable place: HOME and the caches live under it.
 WRITABLE_ENV = {"HOME": "/tmp/home", "XDG_CACHE_HOME": "/tmp/cache", "HF_HOME": "/tmp/cache/huggingface",
-                "TRITON_CACHE_DIR": "/tmp/cache/triton", "TORCHINDUCTOR_CACHE_DIR": "/tmp/cache/inductor"}
+                "TRITON_CACHE_DIR": "/tmp/cache/triton", "TORCHINDUCTOR_CACHE_DIR": "/tmp/cache/inductor",
+                "MPLCONFIGDIR": "/tmp/cache/matplotlib"}
 
 
 def pod_security(s: ClusterSettings) -> m.PodSecurityContext:
@@ -231,7 +232,9 @@ def _publish_template(s: ClusterSettings) -> Container:
                 m.Parameter(name=name, global_name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}"))
                 for name in (*PUBLISHED, FAILED_CHECKS)
             ],
-            artifacts=[m.Artifact(name="report", path=f"{OUTPUTS_DIR}/report.md", archive=m.ArchiveStrategy(none={}))]
+            artifacts=[m.Artifact(name="report", path=f"{OUTPUTS_DIR}/report.md", archive=m.ArchiveStrategy(none={})),
+                       m.Artifact(name="report-html", path=f"{OUTPUTS_DIR}/report.html",
+                                  archive=m.ArchiveStrategy(none={}))]
             if s.artifact_repository.config_map else None,
         ),
         labels={**LABELS, "app.kubernetes.io/component": "publish"},
