@@ -136,3 +136,32 @@ def test_unprojected_comparison_is_exact(references, tiny_model_dir, tiny_data):
     Gp = ref.G["model.layers.1.self_attn.k_proj"]
     assert res["projected"]["self_dot"]["all"]["mean"] == pytest.approx(
         float(torch.diag(Gp @ Gp.T).mean()), rel=MODEL_RTOL)
+
+
+def test_module_contributions_match_per_module_autograd(references, tiny_model_dir, tiny_data):
+    """results.json's per-module contribution (what report.html's "where" section draws) against each module's own
+    G_m G_mᵀ and G_m H_m⁻¹ G_mᵀ from autograd and explicit solves, averaged over pairs by a plain loop. An
+    entry-wise error of at most rtol·‖M_m‖ (the matrices' norm-wise bound) bounds the error of any mean of
+    entries by the same amount."""
+    from reference import curvature, pair_loop_stats
+
+    ref = references("rademacher")
+    out = run_job(exact_config(tiny_model_dir, tiny_data, projection=PROJECTIONS["rademacher"],
+                               curvature={"source": "token", "scope": "global"}), write=False)
+    n = len(ref.prompt_index)
+    by_name = {m["name"]: m["contribution"] for m in out.results["modules"]}
+    assert set(by_name) == set(ref.G)
+    for name, G in ref.G.items():
+        H = curvature(ref, name, list(range(n)), "token")
+        for method, M, rtol in (("raw", G @ G.T, MODEL_RTOL),
+                                ("hinv", G @ torch.linalg.solve(H, G.T), SOLVE_RTOL)):
+            M = M.numpy()
+            cells = pair_loop_stats(M, ref.prompt_index, ref.accepted)
+            bound = rtol * np.linalg.norm(M)
+            for cat in ("acc-acc", "rej-rej", "acc-rej"):
+                if ("per_prompt", cat) not in cells:  # no such pair in the data: no mean
+                    assert by_name[name][method][cat] is None
+                    continue
+                expected = np.mean([dot for dot, _ in cells[("per_prompt", cat)]])
+                assert abs(by_name[name][method][cat] - expected) <= bound, (name, method, cat)
+            assert abs(by_name[name][method]["self"] - np.mean(np.diag(M))) <= bound
