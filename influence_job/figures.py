@@ -167,7 +167,10 @@ def cos_distributions(raw_cos: dict, hinv_cos: dict) -> str:
             ax.tick_params(labelsize=7)
             ax.spines[["top", "right"]].set_visible(False)
             ax.set_yticks([])
-    axes[0, 0].legend(fontsize=7, frameon=False)
+    from matplotlib.lines import Line2D
+
+    proxies = [Line2D([], [], color=RAW_COLOR, label="RAW"), Line2D([], [], color=HINV_COLOR, label="HINV")]
+    axes[0, 0].legend(handles=proxies, fontsize=7, frameon=False)  # also when that cell has no pairs
     for ax in axes[-1]:
         ax.set_xlabel("cosine", fontsize=8)
     fig.tight_layout()

@@ -13,6 +13,7 @@ import platform
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -221,6 +222,7 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, model, 
     results["checkpoint"] = {"dir": str(store.path) if store.path else None,
                              "kept": bool(store.path) and cfg.output.keep_checkpoint,
                              "resumed_modules": len(store.done), "computed_modules": n_modules - len(store.done)}
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     # Measured before writing: the write phase is in the log but not in results.json.
     results["performance"] = {
         "wall_seconds": time.perf_counter() - t_start,

@@ -3,6 +3,7 @@ the number rules of influence_job.numbers (report.html follows the same)."""
 
 from __future__ import annotations
 
+from influence_job.findings import findings
 from influence_job.numbers import column_format, fmt, fmt_bytes, fmt_percent, fmt_seconds, format_rows
 from influence_job.similarity import CATEGORIES, SCOPES
 
@@ -28,6 +29,18 @@ def projection_table(modules: list[dict]) -> str:
     ]
     return table(["module", "count", "d_in", "d_out", "k_in", "k_out", "D", "D×D float64", "solver",
                   "solve s (all)"], rows)
+
+
+UNPROJECTED_HEADER = ["RAW dot mean", "exact", "projected", "relative difference"]
+
+
+def unprojected_rows(u: dict) -> list[list]:
+    """The unprojected comparison's rows (both reports): exact and projected means, difference in %."""
+    rel = u["relative_difference"]
+    rows = [[f"{s} {c}", u["unprojected"][s][c]["dot"]["mean"], u["projected"][s][c]["dot"]["mean"],
+             fmt_percent(rel[s][c])] for s in SCOPES for c in CATEGORIES]
+    return rows + [[f"self-dot {k}", u["unprojected"]["self_dot"][k]["mean"], u["projected"]["self_dot"][k]["mean"],
+                    fmt_percent(rel["self_dot"][k])] for k in ("acc", "rej", "all")]
 
 
 def similarity_tables(stats: dict) -> str:
@@ -59,6 +72,8 @@ def render_report(r: dict) -> str:
         f"factor {cfg['projection']['factor']}, curvature source `{cfg['curvature']['source']}` scope "
         f"`{cfg['curvature']['scope']}` damping `{cfg['curvature']['damping']}`.",
         f"**Validation: {'PASSED' if val['passed'] else 'FAILED'}**",
+        "## At a glance",
+        "\n".join(f"- {s}" for s in findings(r, None, None)),
         "## Projection dimensions by module kind",
         projection_table(r["modules"]),
         "## RAW: Σ_m G_m G_mᵀ",
@@ -68,14 +83,9 @@ def render_report(r: dict) -> str:
     ]
     u = r.get("unprojected_comparison")
     if u:
-        rel = u["relative_difference"]
-        rows = [[f"{s} {c}", u["unprojected"][s][c]["dot"]["mean"], u["projected"][s][c]["dot"]["mean"],
-                 fmt_percent(rel[s][c])] for s in SCOPES for c in CATEGORIES]
-        rows += [[f"self-dot {k}", u["unprojected"]["self_dot"][k]["mean"], u["projected"]["self_dot"][k]["mean"],
-                  fmt_percent(rel["self_dot"][k])] for k in ("acc", "rej", "all")]
         f = u["fidelity"]
         parts += [f"## Unprojected comparison: `{u['module']}` (k_in {u['k_in']}, k_out {u['k_out']})",
-                  table(["RAW dot mean", "exact", "projected", "relative difference"], rows),
+                  table(UNPROJECTED_HEADER, unprojected_rows(u)),
                   f"Projection fidelity: the projected self-dot mean differs by "
                   f"{fmt_percent(f['self_dot_relative_error'])} from the exact one; tolerance "
                   f"±{fmt_percent(f['tolerance'])} ({f['sigma']:g} × the sketch's relative standard deviation "

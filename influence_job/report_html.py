@@ -15,12 +15,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 
 import numpy as np
 
 from influence_job import figures
+from influence_job.findings import _locate, findings, module_shares
 from influence_job.numbers import fmt, fmt_percent, fmt_seconds, format_rows
+from influence_job.report import UNPROJECTED_HEADER, unprojected_rows
 from influence_job.similarity import CATEGORIES, SCOPES, cosine
 
 AGGREGATE_ABOVE = 512  # responses; above this the heatmaps show prompt × accepted/rejected block means
@@ -46,119 +47,6 @@ def _img(src: str, alt: str, cls: str = "fig", extra: str = "") -> str:
     return f'<img class="{cls}" src="{src}" alt="{_e(alt)}"{extra}>'
 
 
-# ---- numbers the sentences use ----------------------------------------------------------------------------------
-
-def per_prompt_cos(results: dict, method: str) -> dict[str, float | None]:
-    return {c: results["similarity"][method]["per_prompt"][c]["cos"]["mean"] for c in CATEGORIES}
-
-
-def scope_mean_cos(stats: dict, scope: str) -> float | None:
-    """Mean cosine over all pairs of a scope (the categories' means weighted by their pair counts)."""
-    cells = [stats[scope][c] for c in CATEGORIES if stats[scope][c]["n"]]
-    n = sum(c["n"] for c in cells)
-    return sum(c["n"] * c["cos"]["mean"] for c in cells) / n if n else None
-
-
-def module_shares(modules: list[dict], key) -> tuple[list, dict]:
-    """Each group's (by ``key``) share of the sum of the modules' per-prompt mean dots, per method and category."""
-    names = list(dict.fromkeys(key(m) for m in modules))
-    out: dict[str, dict[str, list[float]]] = {}
-    for method in ("raw", "hinv"):
-        out[method] = {}
-        for cat in CATEGORIES:
-            values = [m["contribution"][method][cat] for m in modules]
-            if any(v is None for v in values):
-                out[method][cat] = [math.nan] * len(names)
-                continue
-            total = sum(values)
-            sums = {n: 0.0 for n in names}
-            for m, v in zip(modules, values, strict=True):
-                sums[key(m)] += v
-            out[method][cat] = [sums[n] / total if total else math.nan for n in names]
-    return names, out
-
-
-def findings(results: dict, rows: dict | None, tokens: list[list[str]] | None) -> list[str]:
-    """Sentences computed from this run's numbers."""
-    out = []
-    val = results["validation"]
-    failed = [c["name"] for c in val["checks"] if not c["passed"]]
-    out.append("Every validation check passed." if val["passed"] else
-               f"Validation FAILED: {', '.join(failed)} — read the numbers below with that in mind.")
-    raw, hinv = per_prompt_cos(results, "raw"), per_prompt_cos(results, "hinv")
-    if raw["acc-rej"] is not None and hinv["acc-rej"] is not None:
-        change = hinv["acc-rej"] - raw["acc-rej"]
-        word = "less" if change < 0 else "more"
-        out.append(f"Accepted and rejected responses of the same prompt are {word} aligned under H⁻¹ (mean cosine "
-                   f"{fmt(hinv['acc-rej'])}) than plainly ({fmt(raw['acc-rej'])}): a change of {change:+.3f}.")
-    for name, cos in (("Plainly (RAW)", raw), ("Under H⁻¹ (HINV)", hinv)):
-        ranked = sorted((c for c in CATEGORIES if cos[c] is not None), key=lambda c: -cos[c])
-        if ranked:
-            out.append(f"{name}, same-prompt pairs are most aligned for {ranked[0]} ({fmt(cos[ranked[0]])})"
-                       + (f" and least for {ranked[-1]} ({fmt(cos[ranked[-1]])})." if len(ranked) > 1 else "."))
-    r_rank = sorted((c for c in CATEGORIES if raw[c] is not None), key=lambda c: -raw[c])
-    h_rank = sorted((c for c in CATEGORIES if hinv[c] is not None), key=lambda c: -hinv[c])
-    if r_rank and h_rank:
-        out.append("H⁻¹ weighting keeps the order of the categories." if r_rank == h_rank else
-                   f"H⁻¹ weighting changes the order of the categories: {' > '.join(r_rank)} plainly, "
-                   f"{' > '.join(h_rank)} under H⁻¹.")
-    for name, method in (("RAW", "raw"), ("HINV", "hinv")):
-        stats = results["similarity"][method]
-        per, cross = scope_mean_cos(stats, "per_prompt"), scope_mean_cos(stats, "cross_prompt")
-        if per is None or cross is None:
-            continue
-        ratio = cross / per if per else math.nan
-        if abs(cross) < 0.1 or ratio < 0.25:
-            verdict = "nearly vanishes across prompts"
-        elif ratio < 0.75:
-            verdict = "is weaker across prompts"
-        else:
-            verdict = "persists across prompts"
-        out.append(f"Under {name}, similarity {verdict}: mean cosine {fmt(cross)} between different prompts' "
-                   f"responses against {fmt(per)} within a prompt.")
-    modules = results["modules"]
-    if modules and all(m.get("contribution") for m in modules):
-        for method, name in (("hinv", "HINV"), ("raw", "RAW")):
-            kinds, by_kind = module_shares(modules, lambda m: m["kind"])
-            layers, by_layer = module_shares(modules, lambda m: m["layer"])
-            shares_k, shares_l = by_kind[method]["acc-acc"], by_layer[method]["acc-acc"]
-            if all(math.isfinite(s) for s in shares_k + shares_l):
-                k, ly = int(np.argmax(shares_k)), int(np.argmax(shares_l))
-                out.append(f"Of the {name} acc-acc per-prompt dot, module kind {kinds[k]} contributes the most "
-                           f"({fmt_percent(shares_k[k])}), and layer {layers[ly]} the most of any layer "
-                           f"({fmt_percent(shares_l[ly])}).")
-    out += _token_findings(rows, tokens)
-    return out
-
-
-def _token_findings(rows: dict | None, tokens: list[list[str]] | None) -> list[str]:
-    if rows is None:
-        return []
-    scores = np.asarray(rows["scores"], dtype=float)
-    ok = np.isfinite(scores)
-    if not ok.any():
-        return ["No token influence scores: every prompt lacks an accepted/rejected contrast (or influence is off)."]
-    where = np.flatnonzero(ok)
-    hi, lo = where[np.argmax(scores[ok])], where[np.argmin(scores[ok])]
-    mass = np.sort(np.abs(scores[ok]))[::-1]
-    top = max(1, int(math.ceil(0.01 * mass.size)))
-    share = mass[:top].sum() / mass.sum() if mass.sum() else math.nan
-    return [f"The most positive token is {_token_name(rows, tokens, hi)} (score {fmt(float(scores[hi]))}); the "
-            f"most negative {_token_name(rows, tokens, lo)} ({fmt(float(scores[lo]))}). The top 1 % of tokens by "
-            f"|score| ({top} of {mass.size}) carry {fmt_percent(share)} of the total |score|."]
-
-
-def _locate(rows: dict, flat: int) -> tuple[int, int]:
-    r = int(np.searchsorted(rows["token_offsets"], flat, side="right") - 1)
-    return r, flat - int(rows["token_offsets"][r])
-
-
-def _token_name(rows, tokens, flat: int) -> str:
-    r, k = _locate(rows, flat)
-    text = tokens[r][k] if tokens is not None else f"#{int(rows['token_ids'][flat])}"
-    return f"“{text}” in response {rows['response_id'][r]}"
-
-
 # ---- sections ----------------------------------------------------------------------------------------------------
 
 def _verdict(results: dict) -> str:
@@ -174,7 +62,7 @@ def _verdict(results: dict) -> str:
                 f"{_e(cfg['curvature']['damping'])} · influence-job {_e(env['influence_job'])}, torch "
                 f"{_e(env['torch'])}, transformers {_e(env['transformers'])} · {_e(env['device'])}")
     if results.get("finished_at"):
-        identity += f" · {_e(results['finished_at'])}"
+        identity += f" · finished {_e(results['finished_at'])}"
     key = (f"{results['n_prompts']:,} prompts · {results['n_responses']:,} responses ({results['n_accepted']:,} "
            f"accepted, {results['n_rejected']:,} rejected) · {results['n_response_tokens']:,} response tokens · "
            f"wall {fmt_seconds(perf['wall_seconds'])} · solves {fmt_seconds(perf['hessian_solve_seconds'])} · "
@@ -369,15 +257,11 @@ def _diagnostics(results: dict) -> str:
     parts = ['<section id="diagnostics"><h2>Diagnostics</h2>']
     u = results.get("unprojected_comparison")
     if u:
-        rel = u["relative_difference"]
-        rows = [[f"{s} {c}", u["unprojected"][s][c]["dot"]["mean"], u["projected"][s][c]["dot"]["mean"],
-                 fmt_percent(rel[s][c])] for s in SCOPES for c in CATEGORIES]
-        rows += [[f"self-dot {k}", u["unprojected"]["self_dot"][k]["mean"], u["projected"]["self_dot"][k]["mean"],
-                  fmt_percent(rel["self_dot"][k])] for k in ("acc", "rej", "all")]
+        rows = unprojected_rows(u)
         f = u["fidelity"]
         parts.append(f"<h3>Unprojected comparison: {_e(u['module'])} (projected to k_in {u['k_in']}, k_out "
                      f"{u['k_out']} from {u['d_in']}×{u['d_out']})</h3>"
-                     + _table(["RAW dot mean", "exact", "projected", "relative difference"], rows)
+                     + _table(UNPROJECTED_HEADER, rows)
                      + '<p class="note">Projection fidelity: self-dot error '
                      f'{fmt_percent(f["self_dot_relative_error"])} against a tolerance of '
                      f'±{fmt_percent(f["tolerance"])} ({f["sigma"]:g} σ of this sketch); '

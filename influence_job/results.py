@@ -239,6 +239,7 @@ class Results(_Model):
     config: dict[str, Any] = Field(description="The resolved configuration (influence-job config).")
     environment: Environment
     performance: Performance
+    finished_at: str | None = Field(None, description="When the run finished (UTC, ISO 8601); null in older results.")
 
     def as_dict(self) -> dict:
         """The JSON form (the field names of results.json, e.g. 'acc-acc')."""

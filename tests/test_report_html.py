@@ -133,6 +133,11 @@ def test_report_renders_offline_in_chromium(default_output, browser):
     assert tip.is_visible() and "RAW cos" in tip.inner_text() and "HINV cos" in tip.inner_text()
     page.locator("input[name=hm][value=dot]").check()
     assert page.locator("#heatmaps .pane.dot").is_visible() and not page.locator("#heatmaps .pane.cos").is_visible()
+    # Printed: the controls go, both heatmap panes (cos and dot) show.
+    page.emulate_media(media="print")
+    assert not page.locator("#heatmaps .controls").is_visible()
+    assert page.locator("#heatmaps .pane.cos").is_visible() and page.locator("#heatmaps .pane.dot").is_visible()
+    assert len(page.pdf()) > 100_000
     assert errors == []
     context.close()
 
