@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -95,17 +96,83 @@ def unprojected_comparison(
     }
 
 
-def _spectrum(rows, lam: float) -> torch.Tensor:
-    """All D eigenvalues of H = RᵀR + λI, descending, unit-normalised; from the smaller of K and RᵀR."""
-    small = torch.linalg.eigvalsh(rows.kernel() if rows.n <= rows.D else rows.gram())
-    top = small.flip(0)[: min(rows.n, rows.D)].clamp_min(0) + lam
-    spec = torch.full((rows.D,), lam, dtype=torch.float64, device=top.device)
-    spec[: len(top)] = top
-    return spec / spec.norm()
+# Spectra: all eigenvalues (eigvalsh) while the smaller side of a prompt's curvature — its token kernel or its
+# D×D Gram — has at most EXACT_SPECTRUM_MAX rows; above, only the LEADING largest, by block subspace iteration.
+# Cost per prompt: O(m³) below the limit, O(m² · LEADING · SUBSPACE_STEPS) above (m the smaller side), against
+# the O(n·D²) or O(n²·D) of building that prompt's curvature at all.
+EXACT_SPECTRUM_MAX = 2048
+LEADING = 64
+SUBSPACE_STEPS = 6
+
+
+def _leading_eigenvalues(A: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest eigenvalues of the symmetric PSD A (descending): block subspace iteration from a seeded
+    start, then Rayleigh–Ritz. Ritz values never exceed the eigenvalues they approximate (interlacing), and any
+    inaccuracy only widens the reported bound of the cosines (the tail sums absorb it)."""
+    m = A.shape[0]
+    b = min(m, k + 16)
+    start = torch.randn(m, b, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(A.device)
+    Q = torch.linalg.qr(start).Q
+    for _ in range(SUBSPACE_STEPS):
+        Q = torch.linalg.qr(A @ Q).Q
+    return torch.linalg.eigvalsh(Q.T @ A @ Q).flip(0)[:k].clamp_min(0)
+
+
+@dataclass
+class Spectrum:
+    """What the spectrum cosine needs of H = RᵀR + λI (D eigenvalues): its largest eigenvalues exactly (or to
+    subspace-iteration accuracy), and the count, sum and sum of squares of all the others — exact, from
+    tr(RᵀR) and ‖RᵀR‖²_F."""
+
+    top: torch.Tensor  # descending, λ included
+    flat: bool  # every other eigenvalue is known to be λ (all of RᵀR's nonzero eigenvalues are in top)
+    rest_count: int
+    rest_sum: float
+    rest_squares: float
+    norm: float  # ‖eigenvalues of H‖ = ‖H‖_F
+
+
+def _spectrum(rows, lam: float) -> Spectrum:
+    A = rows.kernel() if rows.n <= rows.D else rows.gram()  # same nonzero eigenvalues, the smaller side
+    m = A.shape[0]
+    whole = m <= EXACT_SPECTRUM_MAX or LEADING >= m
+    sigma = torch.linalg.eigvalsh(A).flip(0).clamp_min(0) if whole else _leading_eigenvalues(A, LEADING)
+    trace, squares = float(A.trace()), float(A.square().sum())
+    top_sum, top_squares = float(sigma.sum()), float(sigma.square().sum())
+    rest = rows.D - len(sigma)
+    rest_sum = max(0.0, trace - top_sum) + rest * lam
+    rest_squares = max(0.0, squares - top_squares) + 2 * lam * max(0.0, trace - top_sum) + rest * lam**2
+    norm = math.sqrt(squares + 2 * lam * trace + rows.D * lam**2)
+    return Spectrum(sigma + lam, whole, rest, rest_sum, rest_squares, norm)
+
+
+def spectrum_cosine(a: Spectrum, b: Spectrum) -> tuple[float, float]:
+    """(estimate, bound) of the cosine between the sorted eigenvalue vectors of two curvatures of equal D.
+
+    The leading parts pair exactly. Of the rest, sorted alike, Chebyshev's sum inequality gives
+    Σ a_i b_i ≥ (Σ a_i)(Σ b_i)/m and Cauchy–Schwarz Σ a_i b_i ≤ √(Σ a_i² Σ b_i²); the estimate is the middle and
+    the bound half the gap, over the norms. When the rest of either spectrum is flat (λ alone: its eigenvalues
+    were all computed, as below EXACT_SPECTRUM_MAX) the lower value is exact and the bound 0.
+    """
+    k = min(len(a.top), len(b.top))
+    head = float(a.top[:k] @ b.top[:k])
+    # Eigenvalues beyond k of the longer head move into its rest.
+    a_sum = a.rest_sum + float(a.top[k:].sum())
+    a_sq = a.rest_squares + float(a.top[k:].square().sum())
+    b_sum = b.rest_sum + float(b.top[k:].sum())
+    b_sq = b.rest_squares + float(b.top[k:].square().sum())
+    m = a.rest_count + len(a.top) - k
+    low = a_sum * b_sum / m if m else 0.0
+    high = math.sqrt(a_sq * b_sq)
+    scale = a.norm * b.norm
+    if (a.flat and k == len(a.top)) or (b.flat and k == len(b.top)):  # Σ a_i·c = c·Σ a_i: Chebyshev's equality
+        return (head + low) / scale, 0.0
+    return (head + (low + high) / 2) / scale, max(0.0, high - low) / 2 / scale
 
 
 def module_curvature_similarity(mf, layout: Layout, cfg) -> dict[str, np.ndarray]:
-    """P×P cosines between per-prompt curvatures H_p (Frobenius) and between their spectra."""
+    """P×P cosines between per-prompt curvatures H_p (Frobenius, exact) and between their spectra (with the
+    bound of spectrum_cosine)."""
     rows, offsets = module_rows(mf, cfg.curvature.source, cfg.compute, layout)
     prompts = [rows.segment(int(offsets[s]), int(offsets[e])) for s, e in layout.prompt_bounds]
     lams = [damping_value(r, cfg.curvature.damping) for r in prompts]
@@ -117,8 +184,13 @@ def module_curvature_similarity(mf, layout: Layout, cfg) -> dict[str, np.ndarray
             cross = float(prompts[p].cross_kernel(prompts[q]).square().sum())
             inner[p, q] = inner[q, p] = cross + lams[p] * traces[q] + lams[q] * traces[p] + lams[p] * lams[q] * D
     norms = np.sqrt(np.diag(inner))
-    spectra = torch.stack([_spectrum(r, lam) for r, lam in zip(prompts, lams, strict=True)])
-    return {"frobenius": inner / np.outer(norms, norms), "spectrum": (spectra @ spectra.T).cpu().numpy()}
+    spectra = [_spectrum(r, lam) for r, lam in zip(prompts, lams, strict=True)]
+    spectrum, bound = np.eye(P), np.zeros((P, P))
+    for p in range(P):
+        for q in range(p + 1, P):
+            spectrum[p, q], bound[p, q] = spectrum_cosine(spectra[p], spectra[q])
+            spectrum[q, p], bound[q, p] = spectrum[p, q], bound[p, q]
+    return {"frobenius": inner / np.outer(norms, norms), "spectrum": spectrum, "spectrum_bound": bound}
 
 
 def offdiag_summary(M: np.ndarray) -> dict:

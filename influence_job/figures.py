@@ -245,8 +245,8 @@ def curvature_similarity(matrices: dict[str, np.ndarray]) -> str:
     return png(fig)
 
 
-def timeline(phase_seconds: dict[str, float], solve: float, diagnostics: float) -> str:
-    """The phases in order as one bar, with the curvature_solve phase split into solves, diagnostics, rest."""
+def timeline(phase_seconds: dict[str, float], split: dict[str, float]) -> str:
+    """The phases in order as one bar, and under it the curvature_solve phase split into its parts."""
     fig = Figure(figsize=(9, 1.9))
     ax = fig.add_subplot()
     start, palette = 0.0, ["#8dd3c7", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5", "#d9d9d9"]
@@ -255,10 +255,10 @@ def timeline(phase_seconds: dict[str, float], solve: float, diagnostics: float) 
         if seconds > 0.04 * sum(phase_seconds.values()):
             ax.text(start + seconds / 2, 1, f"{name}\n{seconds:.3g} s", ha="center", va="center", fontsize=7)
         if name == "curvature_solve":
-            left, rest = start, max(0.0, seconds - solve - diagnostics)
-            for part, width, color in (("solves", solve, "#e41a1c"), ("diagnostics", diagnostics, "#377eb8"),
-                                       ("other", rest, "#999999")):
-                ax.barh(0, width, left=left, color=color, edgecolor="white", label=part)
+            left = start
+            colors = {"solves": "#e41a1c", "diagnostics": "#377eb8", "rest": "#999999"}
+            for part, width in split.items():
+                ax.barh(0, width, left=left, color=colors[part], edgecolor="white", label=part)
                 left += width
         start += seconds
     ax.set_yticks([0, 1], ["curvature_solve\nsplit", "phases"], fontsize=7)

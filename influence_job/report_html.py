@@ -21,7 +21,7 @@ import numpy as np
 from influence_job import figures
 from influence_job.findings import _locate, findings, module_shares
 from influence_job.numbers import fmt, fmt_percent, fmt_seconds, format_rows
-from influence_job.report import UNPROJECTED_HEADER, unprojected_rows
+from influence_job.report import UNPROJECTED_HEADER, curvature_solve_split, unprojected_rows
 from influence_job.similarity import CATEGORIES, SCOPES, cosine
 
 AGGREGATE_ABOVE = 512  # responses; above this the heatmaps show prompt × accepted/rejected block means
@@ -283,16 +283,16 @@ def _performance(results: dict) -> str:
     if perf["peak_gpu_mem_bytes"]:
         peaks.append(("GPU (peak allocated)", perf["peak_gpu_mem_bytes"], env.get("gpu_memory_bytes")))
     cs = perf["phase_seconds"].get("curvature_solve")
-    other = None if cs is None else cs - perf["hessian_solve_seconds"] - perf["diagnostics_seconds"]
+    split = curvature_solve_split(perf) if cs is not None else {}
     note = ("" if cs is None else
-            f"The curvature_solve phase ({fmt_seconds(cs)}) holds the solves "
-            f"({fmt_seconds(perf['hessian_solve_seconds'])}, summed over modules), the diagnostics "
-            f"({fmt_seconds(perf['diagnostics_seconds'])}: unprojected "
-            f"comparison and curvature similarity) and the rest ({fmt_seconds(max(0.0, other))}: building "
-            "curvature rows, moving data).")
+            f"The curvature_solve phase ({fmt_seconds(cs)}) holds "
+            + ", ".join(f"{name} {fmt_seconds(s)}" for name, s in split.items())
+            + " (solves summed over modules; the rest builds curvature rows and moves data). The diagnostics "
+            f"(unprojected comparison, curvature similarity: {fmt_seconds(perf['diagnostics_seconds'])}) run "
+            "interleaved with the solves, since they need each module's factors"
+            + (", and are booked as their own phase." if "diagnostics" in perf["phase_seconds"] else "."))
     return ('<section id="performance"><h2>Performance</h2>'
-            + _img(figures.timeline(perf["phase_seconds"], perf["hessian_solve_seconds"],
-                                    perf["diagnostics_seconds"]), "phase timeline")
+            + _img(figures.timeline(perf["phase_seconds"], split), "phase timeline")
             + f'<p class="note">{_e(note)}</p>'
             + _img(figures.solve_times(results["modules"]), "solve seconds per module")
             + _img(figures.memory(peaks), "peak memory") + "</section>")

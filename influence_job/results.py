@@ -95,7 +95,8 @@ class ModuleRecord(_Model):
     solve_seconds: float
     diagnostic_seconds: float = Field(
         description="Seconds of the diagnostics computed from this module's factors (unprojected comparison, "
-        "curvature similarity), inside the curvature_solve phase but not in solve_seconds.")
+        "curvature similarity): in the phase 'diagnostics' (in results written before it: inside curvature_solve), "
+        "not in solve_seconds.")
     factorisations: int
     failed_factorisations: int
     contribution: Contribution | None = Field(None, description="Null in results written before it existed.")
@@ -162,6 +163,9 @@ class KindSimilarity(_Model):
     modules: int
     frobenius_cos: OffDiagonal
     spectrum_cos: OffDiagonal
+    spectrum_cos_bound: float | None = Field(
+        None, description="Largest error bound of a spectrum cosine (0 when every spectrum was computed whole; "
+        "above diagnostics.EXACT_SPECTRUM_MAX only the leading eigenvalues are); null in older results.")
     frobenius_cos_matrix: list[list[float | None]]
 
 

@@ -184,11 +184,11 @@ def test_bad_input_exits_2(capsys, tmp_path):
 def test_cost_slack_absorbs_noise_and_resumed_runs_are_not_judged(runs, capsys, tmp_path):
     base = json.loads((runs["base"] / "results.json").read_text())["performance"]
 
-    def jitter(r):  # 3x slower, but by less than the default 2 s of solve-time slack
-        r["performance"]["hessian_solve_seconds"] = 3 * base["hessian_solve_seconds"]
+    def jitter(r):  # slower by 1.5 s, less than the default 2 s of solve-time slack, whatever the base's time
+        r["performance"]["hessian_solve_seconds"] = base["hessian_solve_seconds"] + 1.5
 
     code, out = as_json(capsys, runs["base"], edited(runs["same"], tmp_path / "jitter", jitter, runs["base"]))
-    assert code == 0 and base["hessian_solve_seconds"] * 3 < 2
+    assert code == 0
 
     def resumed(r):
         r["checkpoint"]["resumed_modules"] = 3

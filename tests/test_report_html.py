@@ -262,4 +262,5 @@ def test_each_table_column_uses_one_notation(default_output):
             assert len(kinds) <= 1, (block, column)
     assert "D×D float64 MiB" not in report and "| 0 |" not in report.split("## RAW")[0]
     assert "exclude_self False" not in report and "contribution included" in report
-    assert "of which: solves / diagnostics / rest" in report and "| mean score sum, accepted |" in report
+    assert "of which: solves / rest" in report and "| phase diagnostics |" in report  # the time is explained
+    assert "| mean score sum, accepted |" in report
