@@ -28,6 +28,15 @@ class Layout:
     accepted: np.ndarray
     advantage: np.ndarray
 
+    def token_index(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row of each response token, its response, its position in the response), on ``device``: what the
+        batched token scores gather with, moved once per module rather than once per response."""
+        counts = np.diff(self.token_offsets)
+        response = np.repeat(np.arange(len(counts)), counts)
+        position = np.arange(int(self.token_offsets[-1])) - self.token_offsets[:-1][response]
+        return (self.token_rows.to(device), torch.as_tensor(response, device=device),
+                torch.as_tensor(position, device=device))
+
 
 def make_layout(cap: Capture, prompt_index: np.ndarray, accepted: np.ndarray, advantage: np.ndarray) -> Layout:
     bounds = []
@@ -84,9 +93,9 @@ def process_module(mf: ModuleFactors, layout: Layout, cfg) -> ModuleResult:
     else:
         hinv = torch.zeros(N, N, dtype=torch.float64, device=G.device)
     per_prompt = curv.scope == "per_prompt" or cfg.influence.enabled
-    scores = None
-    if cfg.influence.enabled:
-        scores = torch.full((int(layout.token_offsets[-1]),), float("nan"), dtype=torch.float64, device=G.device)
+    # Token scores: each prompt's solve gives z_r for its responses (row r of Z); one batched pass at the end.
+    Z = torch.zeros_like(G) if cfg.influence.enabled else None
+    scored = np.zeros(N, dtype=bool)
     for s, e in layout.prompt_bounds if per_prompt else []:
         rows_p = rows.segment(int(offsets[s]), int(offsets[e]))
         solver = factor(rows_p, curv.damping, curv.solver, n_rhs=N if curv.scope == "per_prompt" else e - s)
@@ -97,8 +106,13 @@ def process_module(mf: ModuleFactors, layout: Layout, cfg) -> ModuleResult:
             M = solver.quad(G)
             hinv[s:e] += M[s:e] / 2
             hinv[:, s:e] += M[:, s:e] / 2
-        if scores is not None:
-            _prompt_scores(scores, solver, mf, G, s, e, layout, cfg.influence)
+        if Z is not None:
+            coeff = contrast_coefficients(layout.accepted[s:e], layout.advantage[s:e], cfg.influence.aggregate,
+                                          cfg.influence.exclude_self)
+            if coeff is not None:  # else no contrast: the prompt's rows stay NaN
+                Z[s:e] = solver.solve(torch.as_tensor(coeff, dtype=torch.float64, device=G.device) @ G[s:e])
+                scored[s:e] = True
+    scores = None if Z is None else token_scores(mf.U, mf.V, Z, scored, layout)
     if G.is_cuda:
         torch.cuda.synchronize()
     route = routes[0] if len(set(routes)) == 1 else "mixed(" + ",".join(sorted(set(routes))) + ")"
@@ -106,17 +120,3 @@ def process_module(mf: ModuleFactors, layout: Layout, cfg) -> ModuleResult:
         raw=raw, hinv=hinv, scores=scores, route=route, damping=damping, factorisations=factorisations,
         failed=failed, seconds=time.perf_counter() - t0,
     )
-
-
-def _prompt_scores(scores, solver, mf, G, s, e, layout: Layout, icfg) -> None:
-    coeff = contrast_coefficients(
-        layout.accepted[s:e], layout.advantage[s:e], icfg.aggregate, icfg.exclude_self
-    )
-    if coeff is None:
-        return  # no contrast: the prompt's rows stay NaN
-    W = torch.as_tensor(coeff, dtype=torch.float64, device=G.device) @ G[s:e]
-    Z = solver.solve(W)
-    for r in range(s, e):
-        a, b = int(layout.token_offsets[r]), int(layout.token_offsets[r + 1])
-        idx = layout.token_rows[a:b].to(mf.U.device)
-        scores[a:b] = token_scores(mf.U[idx], mf.V[idx], Z[r - s])

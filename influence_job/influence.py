@@ -44,10 +44,35 @@ def contrast_coefficients(
     return coeff
 
 
-def token_scores(U: torch.Tensor, V: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
-    """g_tᵀ z for each row t of (U, V): u_tᵀ Z v_t with Z the (k_out × k_in) reshape of z."""
-    Zm = Z.reshape(U.shape[1], V.shape[1])
-    return ((U.double() @ Zm) * V.double()).sum(-1)
+def token_scores(U: torch.Tensor, V: torch.Tensor, Z: torch.Tensor, scored: np.ndarray, layout) -> torch.Tensor:
+    """score_t = g_tᵀ z_r = u_tᵀ Z_r v_t for every response token t (Z_r the k_out × k_in reshape of row r of
+    ``Z``), NaN for the tokens of responses not ``scored``.
+
+    Batched: the responses' tokens are laid out padded, (responses, longest, k), so one batched product per
+    group of responses does what a loop over responses did with an index copy to the device each time. Groups
+    keep the padded operands under ~2^24 elements.
+    """
+    rows, response, position = layout.token_index(U.device)
+    n_resp, k_out, k_in = Z.shape[0], U.shape[1], V.shape[1]
+    counts = np.diff(layout.token_offsets)
+    longest = int(counts.max()) if len(counts) else 0
+    out = torch.full((len(rows),), float("nan"), dtype=torch.float64, device=U.device)
+    if longest == 0 or not scored.any():
+        return out
+    Zm = Z.reshape(n_resp, k_out, k_in)
+    step = max(1, 2**24 // (longest * (k_out + k_in) + k_out * k_in))
+    for r0 in range(0, n_resp, step):
+        r1 = min(n_resp, r0 + step)
+        a, b = int(layout.token_offsets[r0]), int(layout.token_offsets[r1])
+        local = response[a:b] - r0
+        Up = torch.zeros(r1 - r0, longest, k_out, dtype=torch.float64, device=U.device)
+        Vp = torch.zeros(r1 - r0, longest, k_in, dtype=torch.float64, device=U.device)
+        Up[local, position[a:b]] = U[rows[a:b]].double()
+        Vp[local, position[a:b]] = V[rows[a:b]].double()
+        padded = (torch.bmm(Up, Zm[r0:r1]) * Vp).sum(-1)  # (responses, longest)
+        out[a:b] = padded[local, position[a:b]]
+    keep = torch.as_tensor(np.repeat(scored, counts), device=U.device)
+    return torch.where(keep, out, torch.full_like(out, float("nan")))
 
 
 def score_summary(rows: dict[str, np.ndarray]) -> dict | None:
