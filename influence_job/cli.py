@@ -57,16 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--explain", action="store_true",
                         help="list every cluster value (values-file name), its default and meaning")
 
-    submit = sub.add_parser("submit", help="start a run of the installed WorkflowTemplate on an Argo server")
+    submit = sub.add_parser(
+        "submit", help="start a run of the installed WorkflowTemplate on an Argo server",
+        description="Check the cluster (as `influence-job preflight`, unless --no-preflight), then create a Workflow "
+        "from the installed WorkflowTemplate through the Argo server. With --wait, follow it to its end and explain "
+        "a failure. Exit codes: 0 submitted (or, with --wait, Succeeded), 1 the workflow failed, 2 bad input or a "
+        "refused request, 124 --timeout ran out.")
     _cluster_args(submit)
     submit.add_argument("--argo-server", required=True, metavar="URL", help="e.g. https://argo.example:2746")
-    submit.add_argument("--namespace", default="argo", help="namespace of the workflow (default: argo)")
-    submit.add_argument("--token-env", metavar="VAR", help="environment variable holding the bearer token")
+    submit.add_argument("--namespace", default="argo",
+                        help="namespace of the workflow, where the chart is installed (default: argo)")
+    submit.add_argument("--token-env", metavar="VAR",
+                        help="environment variable holding the Argo server's bearer token (without it no token is "
+                        "sent: for servers in client or SSO auth mode that let you in without one)")
     submit.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
     submit.add_argument("--wait", action="store_true",
                         help="wait for the end; print the phase, the outputs and, on failure, why (from the pods' "
                         "status and events when Kubernetes credentials are available)")
-    submit.add_argument("--poll-seconds", type=float, default=10.0, help="status poll interval with --wait")
+    submit.add_argument("--poll-seconds", type=float, default=10.0,
+                        help="status poll interval with --wait (default: 10)")
     submit.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="with --wait, give up after this long and exit 124 (default: the workflow's deadline, "
                         "workflowDeadlineSeconds, plus 15 minutes)")
@@ -79,9 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra `--set KEY=VALUE` words for the run, e.g. \"--set projection.factor=16\"")
 
     pre = sub.add_parser("preflight", help="check that the cluster has what a run needs: the WorkflowTemplate, "
-                         "bound data and results PVCs, the Argo token Secret, a node with the GPUs")
+                         "bound data and results PVCs, the Argo token Secret, a node with the GPUs",
+                         description="Read the cluster through the Kubernetes API and print one line per check, "
+                         "ok or FAIL with the fix. Exit 0 when every check passes, 2 otherwise.")
     _cluster_args(pre)
-    pre.add_argument("--namespace", default="argo", help="namespace of the workflow (default: argo)")
+    pre.add_argument("--namespace", default="argo",
+                     help="namespace of the workflow, where the chart is installed (default: argo)")
     _kube_args(pre)
 
     cmp = sub.add_parser("compare", help="compare a run with a baseline: exit 0 pass, 1 regression, 2 bad input, "

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+log = logging.getLogger(__name__)
 
 ACC, REJ = "#1b9e77", "#d95f02"  # accepted / rejected, everywhere on the page
 RAW_COLOR, HINV_COLOR = "#4c72b0", "#c44e52"
@@ -20,10 +24,33 @@ DPI = 110
 
 
 def png(fig: Figure) -> str:
-    """A data: URI of the figure (no metadata, so the same figure gives the same bytes)."""
+    """A data: URI of the figure (no metadata, so the same figure gives the same bytes). A label drawn partly
+    outside the figure would be cut off in the image: that is logged, and the tests fail on it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    for name in clipped_texts(fig):
+        log.warning("a figure's %r reaches beyond the image's edge and is cut off", name)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def clipped_texts(fig: Figure) -> list[str]:
+    """What is drawn (axes with their tick labels and titles, legends, the figure's title) beyond the figure's
+    edges, by the name of its axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    box = fig.bbox
+    out = []
+    for artist in [*fig.axes, *fig.legends, *fig.texts]:
+        ext = artist.get_tightbbox(renderer) if hasattr(artist, "get_tightbbox") else None
+        if ext is None:
+            continue
+        if ext.x0 < box.x0 - 1 or ext.x1 > box.x1 + 1 or ext.y0 < box.y0 - 1 or ext.y1 > box.y1 + 1:
+            name = artist.get_title() if hasattr(artist, "get_title") else getattr(artist, "get_text", str)()
+            out.append(name or type(artist).__name__)
+    return out
 
 
 def order_by_prompt(prompt_index: np.ndarray, accepted: np.ndarray) -> np.ndarray:
@@ -76,7 +103,7 @@ def heatmap(matrix: np.ndarray, labels_prompt: np.ndarray, labels_acc: np.ndarra
     """
     n = matrix.shape[0]
     fig = Figure(figsize=(4.6, 4.6))
-    ax = fig.add_axes((0.1, 0.04, 0.78, 0.78))
+    ax = fig.add_axes((0.08, 0.04, 0.72, 0.78))
     if kind == "cos":
         vmax, cmap = 1.0, "RdBu_r"
     else:
@@ -91,8 +118,8 @@ def heatmap(matrix: np.ndarray, labels_prompt: np.ndarray, labels_acc: np.ndarra
         ax.axhline(e, color="black", linewidth=0.6)
         ax.axvline(e, color="black", linewidth=0.6)
     colors = np.where(labels_acc, ACC, REJ)
-    left = fig.add_axes((0.06, 0.04, 0.03, 0.78), sharey=ax)
-    top = fig.add_axes((0.1, 0.83, 0.78, 0.03), sharex=ax)
+    left = fig.add_axes((0.045, 0.04, 0.03, 0.78), sharey=ax)
+    top = fig.add_axes((0.08, 0.83, 0.72, 0.03), sharex=ax)
     for i, c in enumerate(colors):
         left.add_patch(_rect((0, i - 0.5), 1, 1, c))
         top.add_patch(_rect((i - 0.5, 0), 1, 1, c))
@@ -102,8 +129,8 @@ def heatmap(matrix: np.ndarray, labels_prompt: np.ndarray, labels_acc: np.ndarra
         a.set_axis_off()
     ax.set_xlim(-0.5, n - 0.5)
     ax.set_ylim(n - 0.5, -0.5)
-    bar = fig.add_axes((0.9, 0.04, 0.025, 0.78))
-    fig.colorbar(image, cax=bar)
+    bar = fig.add_axes((0.82, 0.04, 0.025, 0.78))
+    fig.colorbar(image, cax=bar, format=FuncFormatter(lambda v, _: f"{v:.3g}"))  # 6e+04: short, whole
     bar.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10, y=0.975)
     pos = ax.get_position()
@@ -247,24 +274,25 @@ def curvature_similarity(matrices: dict[str, np.ndarray]) -> str:
 
 def timeline(phase_seconds: dict[str, float], split: dict[str, float]) -> str:
     """The phases in order as one bar, and under it the curvature_solve phase split into its parts."""
-    fig = Figure(figsize=(9, 1.9))
+    fig = Figure(figsize=(9, 2.4))
     ax = fig.add_subplot()
     start, palette = 0.0, ["#8dd3c7", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5", "#d9d9d9"]
     for k, (name, seconds) in enumerate(phase_seconds.items()):
-        ax.barh(1, seconds, left=start, color=palette[k % len(palette)], edgecolor="white")
-        if seconds > 0.04 * sum(phase_seconds.values()):
+        ax.barh(1, seconds, left=start, color=palette[k % len(palette)], edgecolor="white",
+                label=f"{name} {seconds:.3g} s")
+        if seconds > 0.1 * sum(phase_seconds.values()):  # narrower segments: the legend names them
             ax.text(start + seconds / 2, 1, f"{name}\n{seconds:.3g} s", ha="center", va="center", fontsize=7)
         if name == "curvature_solve":
             left = start
             colors = {"solves": "#e41a1c", "diagnostics": "#377eb8", "rest": "#999999"}
             for part, width in split.items():
-                ax.barh(0, width, left=left, color=colors[part], edgecolor="white", label=part)
+                ax.barh(0, width, left=left, color=colors[part], edgecolor="white", label=f"{part} {width:.3g} s")
                 left += width
         start += seconds
     ax.set_yticks([0, 1], ["curvature_solve\nsplit", "phases"], fontsize=7)
     ax.set_xlabel("seconds (rank 0)", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3)
+    ax.legend(fontsize=6.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.05), ncol=2)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return png(fig)
@@ -287,8 +315,8 @@ def solve_times(modules: list[dict]) -> str:
     ticks = [i for i in range(len(layers)) if i == 0 or layers[i] != layers[i - 1]]
     ax.set_xticks(ticks, [f"L{layers[i]}" for i in ticks], fontsize=7)
     handles = [_rect((0, 0), 1, 1, palette[k]) for k in kinds]
-    ax.legend(handles, kinds, fontsize=7, frameon=False, ncol=len(kinds), loc="upper center",
-              bbox_to_anchor=(0.5, 1.18))
+    ax.legend(handles, kinds, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.margins(y=0.25)  # room above the bars for their route labels
     ax.set_ylabel("solve seconds", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)

@@ -54,8 +54,18 @@ def findings(results: dict, rows: dict | None, tokens: list[list[str]] | None) -
     if raw["acc-rej"] is not None and hinv["acc-rej"] is not None:
         change = hinv["acc-rej"] - raw["acc-rej"]
         word = "less" if change < 0 else "more"
+        others = [c for c in ("acc-acc", "rej-rej") if raw[c] is not None and hinv[c] is not None]
+        same_way = [c for c in others if (hinv[c] - raw[c] < 0) == (change < 0)]
+        along = (f", as are {' and '.join(f'{c} pairs ({fmt(raw[c])} → {fmt(hinv[c])})' for c in same_way)}"
+                 if same_way else "")
         out.append(f"Accepted and rejected responses of the same prompt are {word} aligned under H⁻¹ (mean cosine "
-                   f"{fmt(hinv['acc-rej'])}) than plainly ({fmt(raw['acc-rej'])}): a change of {change:+.3f}.")
+                   f"{fmt(hinv['acc-rej'])}) than plainly ({fmt(raw['acc-rej'])}){along}.")
+        if others:
+            gap_raw = raw["acc-rej"] - sum(raw[c] for c in others) / len(others)
+            gap_hinv = hinv["acc-rej"] - sum(hinv[c] for c in others) / len(others)
+            out.append(f"Against same-side pairs ({' and '.join(others)}), accepted–rejected pairs are "
+                       f"{_relation(gap_raw)} plainly ({gap_raw:+.3f}) and {_relation(gap_hinv)} under H⁻¹ "
+                       f"({gap_hinv:+.3f}): H⁻¹ weighting {_gap_change(gap_raw, gap_hinv)}.")
     for name, cos in (("Plainly (RAW)", raw), ("Under H⁻¹ (HINV)", hinv)):
         ranked = sorted((c for c in CATEGORIES if cos[c] is not None), key=lambda c: -cos[c])
         if ranked:
@@ -94,6 +104,19 @@ def findings(results: dict, rows: dict | None, tokens: list[list[str]] | None) -
                            f"({fmt_percent(shares_l[ly])}).")
     out += _token_findings(rows, tokens, results["influence"].get("scores"))
     return out
+
+
+def _relation(gap: float) -> str:
+    return "more aligned" if gap > 0 else "less aligned" if gap < 0 else "as aligned"
+
+
+def _gap_change(before: float, after: float) -> str:
+    """How H⁻¹ weighting moves the acc-rej gap to same-side pairs."""
+    if before * after < 0:
+        return "reverses the gap's sign"
+    if abs(after) < abs(before):
+        return "narrows the gap"
+    return "widens the gap" if abs(after) > abs(before) else "leaves the gap as it is"
 
 
 def _token_findings(rows: dict | None, tokens: list[list[str]] | None, summary: dict | None) -> list[str]:

@@ -26,7 +26,7 @@ from influence_job.similarity import CATEGORIES, SCOPES, cosine
 
 AGGREGATE_ABOVE = 512  # responses; above this the heatmaps show prompt × accepted/rejected block means
 TOP_TOKENS = 10
-CONTEXT = 6  # tokens of context each side of an extreme token
+CONTEXT = 20  # tokens of context each side of an extreme token (byte-level tokens are short)
 
 
 def b64(a: np.ndarray) -> str:
@@ -191,6 +191,7 @@ def token_data(results: dict, rows: dict, tokens: list[list[str]] | None) -> dic
     finite = np.abs(scores[np.isfinite(scores)])
     scale = float(np.quantile(finite, 0.99)) if finite.size else 1.0
     ent_max = float(np.nanmax(entropy)) if np.isfinite(entropy).any() else 1.0
+    ent_min = float(np.nanmin(entropy)) if np.isfinite(entropy).any() else 0.0
     texts = ([t for r in tokens for t in r] if tokens is not None
              else [f"#{int(t)}" for t in rows["token_ids"]])
     anchors = np.linspace(0, 1, 11)
@@ -201,7 +202,7 @@ def token_data(results: dict, rows: dict, tokens: list[list[str]] | None) -> dic
         "accepted": np.asarray(rows["accepted"], dtype=bool).tolist(),
         "score_sum": b64(np.asarray(rows["score_sum"], dtype=float)),
         "skipped": skipped_reasons(rows, results["influence"]["enabled"]),
-        "scale": scale or 1.0, "entropy_max": ent_max or 1.0,
+        "scale": scale or 1.0, "entropy_min": ent_min, "entropy_max": ent_max,
         # The colour scales, sampled from matplotlib's (RdBu_r for scores, Greys for entropy); the script
         # interpolates linearly between these 11 stops.
         "score_colors": [[round(255 * c) for c in colormaps["RdBu_r"](a)[:3]] if a != 0.5 else [247, 247, 247]
@@ -218,9 +219,11 @@ def _tokens(results: dict, rows: dict | None, tokens: list[list[str]] | None, da
     reasons = data["skipped"]
     prompts = "".join(f'<option value="{_e(p)}">{_e(p)}{" (not scored)" if p in reasons else ""}</option>'
                       for p in dict.fromkeys(data["prompt_id"]))
+    lo, hi = data["entropy_min"], data["entropy_max"]
+    spread = (f"darker = higher, from {_e(fmt(lo))} to {_e(fmt(hi))} nats" if hi - lo > 1e-3 * max(abs(hi), 1e-12)
+              else f"all ≈ {_e(fmt(hi))} nats in this batch: no contrast to show")
     legend = (f'<div class="legend"><span>score −{_e(fmt(data["scale"]))}</span><span class="grad"></span>'
-              f'<span>+{_e(fmt(data["scale"]))}</span> · underline: policy entropy (darker = higher, max '
-              f'{_e(fmt(data["entropy_max"]))} nats)</div>')
+              f'<span>+{_e(fmt(data["scale"]))}</span> · underline: policy entropy ({spread})</div>')
     skipped_list = "".join(f"<li><b>{_e(p)}</b>: {_e(w)}</li>" for p, w in reasons.items()) or "<li>none</li>"
     return (head + f'<p class="note">Aggregate {_e(results["influence"]["aggregate"])}, the response\'s own '
             f'contribution {"excluded" if results["influence"]["exclude_self"] else "included"}. Colours are '
@@ -328,7 +331,8 @@ h1{font-size:22px;margin:0 0 6px}h2{font-size:18px;border-bottom:1px solid #ddd;
 h3{font-size:15px}section{break-inside:avoid-page}.badge span{font-weight:600;padding:3px 8px;border-radius:4px}
 .pass{background:#d9f2e3;color:#11663a}.fail{background:#fbe0de;color:#9b1c12}.identity,.note{color:#555;font-size:13px}
 .key{font-weight:600}.row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.pane{display:flex;gap:8px}
-.pane[hidden]{display:none}figure{margin:0}.fig{max-width:100%}.fig.small{max-width:480px}.heatmap{width:430px}
+.pane[hidden]{display:none}.pane{flex-wrap:wrap}figure{margin:0}.fig{max-width:100%}.fig.small{max-width:480px}
+.heatmap{width:min(430px,92vw)}
 .findings{flex:1;min-width:300px;margin:0;padding-left:18px}.findings li{margin-bottom:5px}
 table{border-collapse:collapse;font-size:12px;margin:6px 0}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
 td:first-child,th:first-child{text-align:left}.ctx{text-align:left;font-family:ui-monospace,monospace;white-space:pre}
@@ -382,8 +386,9 @@ if(T&&ps&&rs){
  var sc=f64(T.scores),en=f64(T.entropy),rw=f64(T.reward),ss=f64(T.score_sum);
  var view=document.getElementById('response-view');
  function ramp(stops,x){x=Math.max(0,Math.min(1,x))*(stops.length-1);var i=Math.min(stops.length-2,Math.floor(x)),
-  f=x-i,a=stops[i],b=stops[i+1];return 'rgb('+[0,1,2].map(function(k){return Math.round(a[k]+(b[k]-a[k])*f);})
-  .join(',')+')';}
+  f=x-i,a=stops[i],b=stops[i+1];return [0,1,2].map(function(k){return Math.round(a[k]+(b[k]-a[k])*f);});}
+ function css(c){return 'rgb('+c.join(',')+')';}
+ var espan=T.entropy_max-T.entropy_min;
  function show(r){
   r=Number(r);var pid=T.prompt_id[r],acc=T.accepted[r];
   var box=document.createElement('div'),info=document.createElement('p');
@@ -396,8 +401,12 @@ if(T&&ps&&rs){
   var toks=document.createElement('div');toks.className='toks';
   for(var k=T.offsets[r];k<T.offsets[r+1];k++){var t=document.createElement('span');t.className='t';
    t.textContent=T.text[k];t.dataset.s=sc[k];t.dataset.e=en[k];
-   t.style.background=isNaN(sc[k])?'#eeeeee':ramp(T.score_colors,0.5+0.5*sc[k]/T.scale);
-   t.style.borderBottomColor=isNaN(en[k])?'#ffffff':ramp(T.entropy_colors,en[k]/T.entropy_max);
+   if(isNaN(sc[k])){t.style.background='#eeeeee';}
+   else{var c=ramp(T.score_colors,0.5+0.5*sc[k]/T.scale);t.style.background=css(c);
+    if(0.299*c[0]+0.587*c[1]+0.114*c[2]<140)t.style.color='#ffffff';}  /* light text on dark chips */
+   t.style.borderBottomColor=isNaN(en[k])?'#ffffff':
+    css(ramp(T.entropy_colors,espan>1e-3*Math.max(Math.abs(T.entropy_max),1e-12)?
+     (en[k]-T.entropy_min)/espan:0.5));
    t.title='score '+(isNaN(sc[k])?'—':g(sc[k]))+' · entropy '+g(en[k]);toks.appendChild(t);}
   box.appendChild(toks);view.replaceChildren(box);}
  ps.addEventListener('change',function(){rs.replaceChildren();
@@ -448,6 +457,8 @@ def regenerate(out_dir, formats: tuple[str, ...] = ("html", "md")) -> list:
     from influence_job.report import render_report
 
     out_dir = Path(out_dir)
+    if not out_dir.exists():
+        raise InputError(f"{out_dir} does not exist. Give the output directory a run wrote.")
     if not out_dir.is_dir() or not is_own_output(out_dir):
         raise InputError(f"{out_dir} is not an influence-job output directory (it needs the {MARKER} marker and "
                          "only the files a run writes). Give the directory a run wrote.")

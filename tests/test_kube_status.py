@@ -229,4 +229,18 @@ def test_preflight_without_credentials_says_how_to_give_them(tmp_path, capsys, m
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert main(["preflight", "--namespace", NS]) == 2
-    assert "no usable Kubernetes credentials" in capsys.readouterr().err
+    assert "no Kubernetes credentials: the kubeconfig" in capsys.readouterr().err
+
+
+def test_a_broken_kubeconfig_or_an_unreachable_server_is_one_line(tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.write_text("apiVersion: v1\nclusters: [\n")
+    assert main(["preflight", "--kubeconfig", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid YAML" in err and "Traceback" not in err
+    with KubeStandIn(SUBMITTER) as api:
+        kubeconfig = api.kubeconfig(tmp_path / "kc")
+    # The stand-in has stopped: nothing listens at its address any more.
+    assert main(["preflight", "--kubeconfig", str(kubeconfig)]) == 2
+    err = capsys.readouterr().err
+    assert "the Kubernetes API is unreachable" in err and "Connection refused)" in err and "Traceback" not in err

@@ -264,3 +264,23 @@ def test_each_table_column_uses_one_notation(default_output):
     assert "exclude_self False" not in report and "contribution included" in report
     assert "of which: solves / rest" in report and "| phase diagnostics |" in report  # the time is explained
     assert "| mean score sum, accepted |" in report
+
+
+def test_no_figure_label_is_cut_off(default_output, caplog):
+    """Every figure of the default page and of a 1,000-response page keeps its labels inside the image (the check
+    itself is shown to catch a colour bar whose labels run off the right edge)."""
+    import logging
+
+    from matplotlib.figure import Figure
+
+    from influence_job.figures import clipped_texts
+
+    fig = Figure(figsize=(4.6, 4.6))
+    image = fig.add_axes((0.1, 0.04, 0.78, 0.78)).imshow(np.arange(25.0).reshape(5, 5) * 6000)
+    fig.colorbar(image, cax=fig.add_axes((0.9, 0.04, 0.025, 0.78)))
+    assert clipped_texts(fig)  # the layout report.html once had: '60000' drawn as '6000'
+    results, sim, rows, tokens = read_output(default_output)
+    with caplog.at_level(logging.WARNING, logger="influence_job.figures"):
+        render_html(results, sim, rows, tokens)
+        render_html(*synthetic_output(results))
+    assert [r.getMessage() for r in caplog.records] == []

@@ -190,6 +190,9 @@ def test_publish_fails_when_the_run_failed_despite_a_passing_stale_result(tiny_m
     assert publish(results, tmp_path / "o", echo=lines.append, run_status=status, run_exit_code=code) == 1
     assert any(f"the run step ended {status} (exit code {code})" in line for line in lines)
     assert lines[-1] == "validation: PASSED; run step: FAILED"
+    # The output parameters carry this run's verdict too, not the stale result's.
+    assert (tmp_path / "o" / "validation-passed").read_text() == "false"
+    assert (tmp_path / "o" / "failed-checks").read_text() == f"run-step-{status.lower()}"
     assert publish(results, tmp_path / "o2", echo=lines.append, run_status="Succeeded", run_exit_code="0") == 0
 
 
@@ -331,7 +334,7 @@ def test_submit_without_kubernetes_credentials_says_how_to_skip_preflight(argo, 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert submit(argo, preflight=True) == 2
     err = capsys.readouterr().err
-    assert "no usable Kubernetes credentials" in err and "--no-preflight" in err
+    assert "no Kubernetes credentials: the kubeconfig" in err and "--no-preflight" in err
     assert FakeArgo.received == []
 
 

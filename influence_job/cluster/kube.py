@@ -20,13 +20,20 @@ def api_client(kubeconfig: str | None = None, context: str | None = None):
             raise InputError(f"in-cluster Kubernetes credentials are unusable: {exc}. The step's service account "
                              "token must be mounted (automountServiceAccountToken).") from None
         return client.ApiClient()
+    import yaml
+
     configuration = client.Configuration()
+    where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    fix = "Pass --kubeconfig FILE (and --context NAME), or run inside the cluster."
+    if ":" not in where and not os.path.exists(os.path.expanduser(where)):
+        raise InputError(f"no Kubernetes credentials: the kubeconfig {where} was not found. {fix}")
     try:
         config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
-    except (config.ConfigException, OSError) as exc:
-        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-        raise InputError(f"no usable Kubernetes credentials in {where}: {str(exc).rstrip('.')}. Pass --kubeconfig "
-                         "FILE (and --context NAME), or run inside the cluster.") from None
+    except (config.ConfigException, OSError, yaml.YAMLError, TypeError, KeyError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, yaml.YAMLError):
+            detail = f"it is not valid YAML ({detail})"
+        raise InputError(f"no usable Kubernetes credentials in {where}: {detail}. {fix}") from None
     return client.ApiClient(configuration)
 
 
@@ -44,9 +51,16 @@ def explain_api_error(exc: Exception, action: str, fix_403: str) -> InputError:
         return InputError(f"cannot {action}: the Kubernetes API answered {exc.status} {exc.reason}: "
                           f"{_message(exc)}")
     if isinstance(exc, HTTPError):
-        return InputError(f"cannot {action}: the Kubernetes API is unreachable ({type(exc).__name__}: "
-                          f"{str(exc)[:200]}). Check the kubeconfig's server, or the network from the pod.")
+        reason = getattr(exc, "reason", None) or exc  # MaxRetryError carries the underlying failure
+        return InputError(f"cannot {action}: the Kubernetes API is unreachable ({type(reason).__name__}: "
+                          f"{_short(reason)}). Check the kubeconfig's server and the network to it.")
     raise exc
+
+
+def _short(exc) -> str:
+    """The last clause of a urllib3 error ("...: [Errno 111] Connection refused"), whole."""
+    text = str(exc)
+    return text.rsplit(": ", 1)[-1].strip(" ')\"") if ": " in text else text
 
 
 def _message(exc) -> str:

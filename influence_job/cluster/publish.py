@@ -4,6 +4,7 @@ that the workflow's status is the validation verdict."""
 
 from __future__ import annotations
 
+import html
 import shutil
 from pathlib import Path
 
@@ -47,11 +48,15 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
         results = {}
         echo(f"publish: no valid result at {path} ({exc}); the run step failed before writing its outputs "
              "(see the run step's logs).")
+    run_ok = run_status in (None, "", "Succeeded")
     figures = {name: _text(lookup(results, dotted)) for name, dotted in PUBLISHED.items()}
-    for name, text in figures.items():
-        (out_dir / name).write_text(text)
     checks = lookup(results, "validation.checks") or []
     failed = [c["name"] for c in checks if not c["passed"]]
+    if not run_ok:  # the outputs carry this run's verdict, not a stale result's
+        figures["validation-passed"] = "false"
+        failed = [*failed, f"run-step-{str(run_status).lower()}"]
+    for name, text in figures.items():
+        (out_dir / name).write_text(text)
     (out_dir / FAILED_CHECKS).write_text(",".join(failed))
     report = results_dir / "report.md"
     if report.is_file():
@@ -65,15 +70,14 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
     if page.is_file():
         shutil.copyfile(page, out_dir / "report.html")
     else:
-        (out_dir / "report.html").write_text(f"<!DOCTYPE html><title>No report</title><p>{summary}</p>\n")
+        (out_dir / "report.html").write_text(
+            f"<!DOCTYPE html><title>No report</title><p>{html.escape(summary)}</p>\n")
     passed = bool(lookup(results, "validation.passed"))
     for check in checks:
         echo(f"check {check['name']}: {'passed' if check['passed'] else 'FAILED'} ({check['detail']})")
-    run_ok = run_status in (None, "", "Succeeded")
     if not run_ok:
         echo(f"publish: the run step ended {run_status} (exit code {run_exit_code or 'unknown'}); the results above "
              "may be an earlier attempt's and are not this run's verdict — see the run step's logs.")
-        failed = [*failed, f"run-step-{str(run_status).lower()}"]
     echo(f"validation: {'PASSED' if passed else 'FAILED'}" + ("" if run_ok else "; run step: FAILED"))
     verdict = passed and run_ok
     if status_to:
