@@ -47,6 +47,7 @@ if [ -n "${SMALL:-}" ]; then
     step cli_default 300 python -m influence_job run -q --set compute.device=cpu --output "$OUT/cli-default"
 else
     step token_gram_float64 120 python bench/token_gram.py --device cuda --dtype float64
+    step token_scores 120 python bench/token_scores.py --device cuda
     step token_gram_tf32 120 python bench/token_gram.py --device cuda --dtype tf32
     step default_diagnostic_float64 240 python bench/default_diagnostic.py --device cuda
     step default_diagnostic_tf32 240 python bench/default_diagnostic.py --device cuda --gram-dtype tf32
