@@ -28,14 +28,6 @@ class Layout:
     accepted: np.ndarray
     advantage: np.ndarray
 
-    def token_index(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(row of each response token, its response, its position in the response), on ``device``: what the
-        batched token scores gather with, moved once per module rather than once per response."""
-        counts = np.diff(self.token_offsets)
-        response = np.repeat(np.arange(len(counts)), counts)
-        position = np.arange(int(self.token_offsets[-1])) - self.token_offsets[:-1][response]
-        return (self.token_rows.to(device), torch.as_tensor(response, device=device),
-                torch.as_tensor(position, device=device))
 
 
 def make_layout(cap: Capture, prompt_index: np.ndarray, accepted: np.ndarray, advantage: np.ndarray) -> Layout:

@@ -48,31 +48,29 @@ def token_scores(U: torch.Tensor, V: torch.Tensor, Z: torch.Tensor, scored: np.n
     """score_t = g_tᵀ z_r = u_tᵀ Z_r v_t for every response token t (Z_r the k_out × k_in reshape of row r of
     ``Z``), NaN for the tokens of responses not ``scored``.
 
-    Batched: the responses' tokens are laid out padded, (responses, longest, k), so one batched product per
-    group of responses does what a loop over responses did with an index copy to the device each time. Groups
-    keep the padded operands under ~2^24 elements.
+    One small product per response, as a batched product over padded responses was measured slower on the CPU
+    (bench/token_scores.py: zero-filling and scattering the padded operands cost more than the loop). What
+    the loop no longer does is copy each response's token indices to the device: they are moved once per
+    module, and a response whose token rows are consecutive (the usual layout) is read as a slice, no gather.
     """
-    rows, response, position = layout.token_index(U.device)
-    n_resp, k_out, k_in = Z.shape[0], U.shape[1], V.shape[1]
-    counts = np.diff(layout.token_offsets)
-    longest = int(counts.max()) if len(counts) else 0
+    k_out, k_in = U.shape[1], V.shape[1]
+    offsets = layout.token_offsets
+    rows = layout.token_rows
+    starts, ends = rows[offsets[:-1].clip(max=len(rows) - 1)], rows[(offsets[1:] - 1).clip(min=0)]
+    consecutive = (ends - starts).numpy() == np.diff(offsets) - 1
+    rows_dev = rows.to(U.device)
     out = torch.full((len(rows),), float("nan"), dtype=torch.float64, device=U.device)
-    if longest == 0 or not scored.any():
-        return out
-    Zm = Z.reshape(n_resp, k_out, k_in)
-    step = max(1, 2**24 // (longest * (k_out + k_in) + k_out * k_in))
-    for r0 in range(0, n_resp, step):
-        r1 = min(n_resp, r0 + step)
-        a, b = int(layout.token_offsets[r0]), int(layout.token_offsets[r1])
-        local = response[a:b] - r0
-        Up = torch.zeros(r1 - r0, longest, k_out, dtype=torch.float64, device=U.device)
-        Vp = torch.zeros(r1 - r0, longest, k_in, dtype=torch.float64, device=U.device)
-        Up[local, position[a:b]] = U[rows[a:b]].double()
-        Vp[local, position[a:b]] = V[rows[a:b]].double()
-        padded = (torch.bmm(Up, Zm[r0:r1]) * Vp).sum(-1)  # (responses, longest)
-        out[a:b] = padded[local, position[a:b]]
-    keep = torch.as_tensor(np.repeat(scored, counts), device=U.device)
-    return torch.where(keep, out, torch.full_like(out, float("nan")))
+    for r in np.flatnonzero(scored):
+        a, b = int(offsets[r]), int(offsets[r + 1])
+        if a == b:
+            continue
+        if consecutive[r]:
+            s = int(starts[r])
+            u, v = U[s:s + b - a], V[s:s + b - a]
+        else:
+            u, v = U[rows_dev[a:b]], V[rows_dev[a:b]]
+        out[a:b] = ((u.double() @ Z[r].reshape(k_out, k_in)) * v.double()).sum(-1)
+    return out
 
 
 def score_summary(rows: dict[str, np.ndarray]) -> dict | None:

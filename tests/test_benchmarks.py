@@ -19,7 +19,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("default_diagnostic.py", ["--small", "--device", "cpu"], "targets (for the 1.5B model"),
     ("token_gram.py", ["--small", "--device", "cpu", "--repeats", "1"], "pair-product Gram vs plain row GEMM:"),
     ("checkpoint_cost.py", [], "checkpoint save vs module compute"),
-    ("token_scores.py", [], "batched token scores vs per-response loop:"),
+    ("token_scores.py", [], "token scores, engine vs previous loop:"),
 ])
 def test_benchmark_runs_and_its_checks_can_fail(script, args, last, tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}
