@@ -102,13 +102,15 @@ def unprojected_comparison(
 # the O(n·D²) or O(n²·D) of building that prompt's curvature at all.
 EXACT_SPECTRUM_MAX = 2048
 LEADING = 64
-SUBSPACE_STEPS = 6
+SUBSPACE_STEPS = 12
 
 
 def _leading_eigenvalues(A: torch.Tensor, k: int) -> torch.Tensor:
     """The k largest eigenvalues of the symmetric PSD A (descending): block subspace iteration from a seeded
-    start, then Rayleigh–Ritz. Ritz values never exceed the eigenvalues they approximate (interlacing), and any
-    inaccuracy only widens the reported bound of the cosines (the tail sums absorb it)."""
+    start, then Rayleigh–Ritz. Ritz values never exceed the eigenvalues they approximate (interlacing). Their
+    accuracy is not part of spectrum_cosine's bound, which takes them as exact; measured at m = 4,096
+    (bench/RESULTS.md): ≤ 2.7 % relative on a flat spectrum (the worst case: a random Wishart matrix) and
+    ≤ 1.2e-4 on a decaying one, as curvatures' are."""
     m = A.shape[0]
     b = min(m, k + 16)
     start = torch.randn(m, b, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(A.device)
