@@ -128,8 +128,8 @@ class KubeStandIn:
         self.server.server_close()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    standin: KubeStandIn
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet request handler that answers JSON (shared by the stand-ins for the Kubernetes and Argo servers)."""
 
     def log_message(self, *args):
         pass
@@ -141,6 +141,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+class _Handler(JsonHandler):
+    standin: KubeStandIn
 
     def _status(self, code: int, reason: str, message: str) -> None:
         self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from argo_schema import errors
 from conftest import exact_config
+from kube_standin import JsonHandler
 
 from influence_job.cli import main
 from influence_job.cluster.publish import publish
@@ -23,7 +24,7 @@ from influence_job.pipeline import run_job
 TOKEN = "s3cr3t-token"
 
 
-class FakeArgo(BaseHTTPRequestHandler):
+class FakeArgo(JsonHandler):
     """Stand-in for Argo's API server: just enough of the two endpoints `submit` uses."""
 
     force_status: int | None = None
@@ -32,17 +33,6 @@ class FakeArgo(BaseHTTPRequestHandler):
     running_polls = 1  # polls answered "Running" before the final status
     final: dict | None = None  # the final status (default: Succeeded with two outputs)
     get_failures: list = []  # statuses the next polls answer with (transient server failures)
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
-    def _reply(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _authorised(self) -> bool:
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
