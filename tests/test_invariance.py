@@ -54,3 +54,28 @@ def test_identical_runs_write_identical_numbers(tiny_model_dir, tiny_data, tmp_p
     assert arrays[0].keys() == arrays[1].keys()
     for key in arrays[0]:
         np.testing.assert_array_equal(arrays[0][key], arrays[1][key], err_msg=key)
+
+
+def test_chunked_log_probs_and_entropies_equal_the_whole_log_softmax(monkeypatch):
+    """capture's position-chunked log π and entropy (what keeps a 151,936-token vocabulary from materialising two
+    T×V arrays) against a plain whole log_softmax, values and gradients, with chunks of 3 positions."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from influence_job import capture
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 11, 50, generator=g, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(0, 50, (2, 11), generator=g)
+    monkeypatch.setattr(capture, "SOFTMAX_CHUNK_ELEMENTS", 3 * 2 * 50)
+    target, entropy = capture._token_log_probs(logits, SimpleNamespace(input_ids=ids))
+    (grad,) = torch.autograd.grad(target.sum(), logits)
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    expected = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+    # Two float64 evaluations of the same quantities: rounding-level agreement (tolerances.MODEL_RTOL, 100 u).
+    assert rel_err(target.detach(), expected.detach()) < MODEL_RTOL
+    assert rel_err(entropy, -(logp.exp() * logp).sum(-1).detach()) < MODEL_RTOL
+    assert rel_err(grad, expected_grad) < MODEL_RTOL
+    assert target.shape == (2, 10) and entropy.shape == (2, 10)
