@@ -105,7 +105,10 @@ class _Hooks:
         def hook(_mod, inputs, output):
             x = inputs[0].detach()
             v = x if entry["proj"] is None else x @ entry["proj"][0].T
-            output.register_hook(self._backward(entry, x, v))
+            # Only the unprojected comparison's module needs x in its backward hook; any other reference would
+            # keep every module's input alive until its backward (the model's weights take no gradient, so
+            # autograd itself does not keep them).
+            output.register_hook(self._backward(entry, x if entry["raw"] is not None else None, v))
 
         return hook
 
