@@ -142,12 +142,12 @@ def _token_findings(rows: dict | None, tokens: list[list[str]] | None, summary: 
             f"|score| ({top} of {mass.size}) carry {fmt_percent(share)} of the total |score|."]
 
 
-def _locate(rows: dict, flat: int) -> tuple[int, int]:
+def locate_token(rows: dict, flat: int) -> tuple[int, int]:
     r = int(np.searchsorted(rows["token_offsets"], flat, side="right") - 1)
     return r, flat - int(rows["token_offsets"][r])
 
 
 def _token_name(rows, tokens, flat: int) -> str:
-    r, k = _locate(rows, flat)
+    r, k = locate_token(rows, flat)
     text = tokens[r][k] if tokens is not None else f"#{int(rows['token_ids'][flat])}"
     return f"“{text}” in response {rows['response_id'][r]}"

@@ -19,7 +19,7 @@ import json
 import numpy as np
 
 from influence_job import figures
-from influence_job.findings import _locate, findings, module_shares
+from influence_job.findings import findings, locate_token, module_shares
 from influence_job.numbers import fmt, fmt_percent, fmt_seconds, format_rows
 from influence_job.report import UNPROJECTED_HEADER, curvature_solve_split, unprojected_rows
 from influence_job.similarity import CATEGORIES, SCOPES, cosine
@@ -244,7 +244,7 @@ def _extremes(rows: dict, tokens, scores: np.ndarray) -> str:
                                                                                order[:TOP_TOKENS])):
         items = []
         for flat in picks:
-            r, k = _locate(rows, int(flat))
+            r, k = locate_token(rows, int(flat))
             toks = tokens[r] if tokens is not None else [f"#{t}" for t in rows["token_ids"][
                 rows["token_offsets"][r]:rows["token_offsets"][r + 1]]]
             before = "".join(toks[max(0, k - CONTEXT):k])
