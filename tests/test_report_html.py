@@ -246,6 +246,8 @@ def test_report_command_regenerates_both_reports(default_output, tmp_path, capsy
     assert (default_output / "report.html").read_bytes() == before  # the same page from the same files
     assert main(["report", str(tmp_path)]) == 2
     assert "is not an influence-job output directory" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "absent")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_each_table_column_uses_one_notation(default_output):
