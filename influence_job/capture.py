@@ -3,7 +3,8 @@
 For each selected module and each captured position t the hooks record the projected factors
 v_t = P_in x_t (forward) and u_t = P_out δ_t (backward), never a per-token D-vector. The exact
 projected gradient of response r is G_r = Σ_{t∈r} u_t v_tᵀ (float64), one batched product per
-micro-batch. Rows of U and V are stored response by response in input order, positions in order.
+micro-batch. Rows of U and V are stored response by response in input order, positions in order, written
+in place into storage allocated once (the row counts are known from the data before the first batch).
 """
 
 from __future__ import annotations
@@ -56,9 +57,19 @@ class _Batch:
     keep: torch.Tensor  # positions summed into the response gradient
     predict: torch.Tensor  # positions whose logits predict a response token
     weight: torch.Tensor  # objective weight per sequence: 1 or A_r
+    dest: torch.Tensor  # the factor rows (input order) of the kept positions, sequence by sequence
+    keep_flat: torch.Tensor  # the kept positions as indices into (sequence × position): no mask sync in hooks
+    keep_cpu: torch.Tensor
+    predict_cpu: torch.Tensor
 
 
-def _make_batch(ds: Dataset, index: list[int], positions: str, objective: str, device) -> _Batch:
+def kept_rows(ds: Dataset, positions: str) -> np.ndarray:
+    """Factor rows per response: every position of its sequence, or the positions that predict its tokens."""
+    return np.array([r.length if positions == "all" else len(r.response_ids) for r in ds.responses], dtype=np.int64)
+
+
+def _make_batch(ds: Dataset, index: list[int], positions: str, objective: str, offsets: np.ndarray,
+                device) -> _Batch:
     seqs = [ds.responses[i].prompt_ids + ds.responses[i].response_ids for i in index]
     width = max(len(s) for s in seqs)
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -74,13 +85,16 @@ def _make_batch(ds: Dataset, index: list[int], positions: str, objective: str, d
         [ds.responses[i].advantage if objective == "advantage_log_prob" else 1.0 for i in index],
         dtype=torch.float64,
     )
-    return _Batch(index, ids.to(device), attention.to(device), keep.to(device), predict.to(device), weight.to(device))
+    dest = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in index])
+    keep_flat = torch.nonzero(keep.flatten()).flatten()
+    return _Batch(index, ids.to(device), attention.to(device), keep.to(device), predict.to(device), weight.to(device),
+                  dest.to(device), keep_flat.to(device), keep, predict)
 
 
 class _Hooks:
     """Forward/backward hooks that turn activations and output gradients into u, v factors."""
 
-    def __init__(self, selected, patterns, proj_cfg, n, dtype, factor_dtype, device, unprojected_name):
+    def __init__(self, selected, patterns, proj_cfg, n, n_rows, dtype, factor_dtype, device, unprojected_name):
         self.factor_dtype = factor_dtype
         self.unprojected_name = unprojected_name
         self.entries = []
@@ -93,7 +107,10 @@ class _Hooks:
             entry = dict(
                 name=name, kind=module_kind(name, patterns), dims=dims, proj=mats,
                 G=torch.zeros(n, dims.k_out * dims.k_in, dtype=torch.float64, device=device),
-                U=[], V=[], raw=None,
+                # Preallocated: each micro-batch writes its rows in place (no per-batch pieces, no concatenation).
+                U=torch.empty(n_rows, dims.k_out, dtype=factor_dtype, device=device),
+                V=torch.empty(n_rows, dims.k_in, dtype=factor_dtype, device=device),
+                raw=None,
             )
             if name == unprojected_name:
                 entry["raw"] = torch.zeros(n, mod.out_features * mod.in_features, dtype=torch.float64, device=device)
@@ -119,8 +136,8 @@ class _Hooks:
             keep = b.keep.unsqueeze(-1)
             per_seq = torch.einsum("bso,bsi->boi", (u * keep).double(), v.double())
             entry["G"][b.index] = per_seq.reshape(len(b.index), -1)
-            entry["U"].append(u[b.keep].to(self.factor_dtype))
-            entry["V"].append(v[b.keep].to(self.factor_dtype))
+            entry["U"].index_copy_(0, b.dest, u.flatten(0, 1).index_select(0, b.keep_flat).to(self.factor_dtype))
+            entry["V"].index_copy_(0, b.dest, v.flatten(0, 1).index_select(0, b.keep_flat).to(self.factor_dtype))
             if entry["raw"] is not None:
                 full = torch.einsum("bso,bsi->boi", (grad * keep).double(), x.double())
                 entry["raw"][b.index] = full.reshape(len(b.index), -1)
@@ -173,16 +190,18 @@ def capture(
     if dtype == torch.float64:
         factor_dtype = torch.float64  # an exact float64 run keeps exact factors
     n = ds.n
-    hooks = _Hooks(selected, cfg.modules, cfg.projection, n, dtype, factor_dtype, device, unprojected_name)
+    offsets = np.concatenate([[0], np.cumsum(kept_rows(ds, cfg.positions))]).astype(np.int64)
+    hooks = _Hooks(selected, cfg.modules, cfg.projection, n, int(offsets[-1]), dtype, factor_dtype, device,
+                   unprojected_name)
     embed = model.get_input_embeddings()
-    row_resp, row_token = [], []
+    row_token = torch.full((int(offsets[-1]),), -1, dtype=torch.long)
     entropy: list[np.ndarray] = [np.empty(0)] * n
     log_prob = np.zeros(n)
     n_positions = 0
     batches = micro_batches([r.length for r in ds.responses], cfg.compute.micro_batch_tokens)
     try:
         for k, index in enumerate(batches):
-            b = _make_batch(ds, index, cfg.positions, cfg.objective, device)
+            b = _make_batch(ds, index, cfg.positions, cfg.objective, offsets, device)
             hooks.batch = b
             embeds = embed(b.input_ids).detach().requires_grad_(True)
             logits = model(inputs_embeds=embeds, attention_mask=b.attention, use_cache=False).logits
@@ -193,49 +212,41 @@ def capture(
                 bad = [ds.responses[index[i]].response_id for i in torch.nonzero(~torch.isfinite(per_seq)).flatten()]
                 raise InputError(_nonfinite_message(f"log-probabilities of responses {bad[:5]}"))
             (per_seq.double() * b.weight).sum().backward()
+            ent_cpu, per_seq_cpu = ent.double().cpu(), per_seq.detach().double().cpu().numpy()  # one copy each
             for j, i in enumerate(index):
                 p = len(ds.responses[i].prompt_ids)
-                kept = torch.nonzero(b.keep[j]).flatten()
-                row_resp.append(torch.full((len(kept),), i, dtype=torch.long))
-                row_token.append((kept - (p - 1)).where(b.predict[j, kept], -1).cpu())
-                entropy[i] = ent[j, pred[j]].double().cpu().numpy()
-                log_prob[i] = float(per_seq[j].detach())
+                kept = torch.nonzero(b.keep_cpu[j]).flatten()
+                row_token[offsets[i]:offsets[i + 1]] = (kept - (p - 1)).where(b.predict_cpu[j, kept], -1)
+                entropy[i] = ent_cpu[j, b.predict_cpu[j, :-1]].numpy()
+                log_prob[i] = float(per_seq_cpu[j])
             n_positions += int(b.attention.sum())
+            # Nothing of this batch's graph may live into the next batch's forward: its logits alone are
+            # micro_batch_tokens × vocabulary values.
+            del embeds, logits, target, ent, per_seq, pred, ent_cpu
             if progress:
                 progress(k + 1, len(batches), len(index), int(b.attention.sum()))
     finally:
         hooks.remove()
-    rows = torch.cat(row_resp) if row_resp else torch.empty(0, dtype=torch.long)  # a rank may hold no prompt
-    order = torch.argsort(rows, stable=True)
-    counts = torch.bincount(rows, minlength=n).numpy()
     modules = []
     for e in hooks.entries:
-        dims = e["dims"]
-        U = _rows(e["U"], dims.k_out, factor_dtype, device)[order.to(device)]
-        V = _rows(e["V"], dims.k_in, factor_dtype, device)[order.to(device)]
-        e["U"], e["V"] = [], []  # free the per-batch pieces before the next module's copy
         if not torch.isfinite(e["G"]).all():
             bad = torch.nonzero(~torch.isfinite(e["G"]).all(-1)).flatten().tolist()
             raise InputError(
                 _nonfinite_message(f"gradients of module {e['name']} for responses "
                                    f"{[ds.responses[i].response_id for i in bad[:5]]}")
             )
-        modules.append(ModuleFactors(e["name"], e["kind"], layer_index(e["name"]), dims, e["G"], U, V))
+        modules.append(ModuleFactors(e["name"], e["kind"], layer_index(e["name"]), e["dims"], e["G"], e["U"], e["V"]))
     raw = next((e["raw"] for e in hooks.entries if e["raw"] is not None), None)
     return Capture(
         modules=modules,
-        row_offsets=np.concatenate([[0], np.cumsum(counts)]),
-        row_token=(torch.cat(row_token) if row_token else torch.empty(0, dtype=torch.long))[order],
+        row_offsets=offsets,
+        row_token=row_token,
         entropy=entropy,
         log_prob=log_prob,
         n_positions=n_positions,
         unprojected_name=unprojected_name if raw is not None else None,
         unprojected=raw,
     )
-
-
-def _rows(pieces: list[torch.Tensor], width: int, dtype, device) -> torch.Tensor:
-    return torch.cat(pieces) if pieces else torch.empty(0, width, dtype=dtype, device=device)
 
 
 def _nonfinite_message(what: str) -> str:

@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ignore (and remove) this run's checkpoint instead of resuming from it")
     run.add_argument("--keep-checkpoint", action="store_true",
                      help="keep the checkpoint directory after success (same as output.keep_checkpoint)")
+    plan = sub.add_parser("plan", help="estimate a run's flops, memory and time per phase and rank, the route of "
+                          "each module, and warn when it will not fit (reads the model's config and the data, "
+                          "loads no weights)")
+    _config_args(plan)
+    plan.add_argument("--device", choices=["cpu", "h200", "h100"],
+                      help="device profile: h200/h100 (rates from DESIGN.md's H200 measurements), or cpu (this "
+                      "machine's rates, measured now); default: h200 if compute.device is cuda, else cpu")
+    plan.add_argument("--ranks", type=int, default=None,
+                      help="ranks (GPUs) the run uses; default: $WORLD_SIZE, else 1")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     cfg = sub.add_parser("config", help="print the resolved configuration as YAML")
     _config_args(cfg)
     cfg.add_argument("--explain", action="store_true", help="list every field with its default and meaning")
@@ -340,6 +350,8 @@ def _command(args) -> int:
 
         print(json.dumps(results_schema(), indent=2))
         return EXIT_OK
+    if args.command == "plan":
+        return _plan(args)
     if args.command == "config":
         if args.explain:
             print("\n".join(explain()))
@@ -350,6 +362,21 @@ def _command(args) -> int:
     if args.keep_checkpoint:
         cfg.output.keep_checkpoint = True
     return _run(cfg, args.fresh)
+
+
+def _plan(args) -> int:
+    import json
+
+    from influence_job.plan import as_dict, make_plan, profile, render, workload
+
+    cfg = _resolve(args)
+    ranks = args.ranks if args.ranks is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    if ranks < 1:
+        raise InputError(f"--ranks {ranks}: a run needs at least one rank.")
+    device = args.device or ("h200" if cfg.compute.device == "cuda" else "cpu")
+    plan = make_plan(cfg, workload(cfg), profile(device), ranks)
+    print(json.dumps(as_dict(plan), indent=2) if args.json else render(plan))
+    return EXIT_OK
 
 
 def _compare(args) -> int:

@@ -76,7 +76,8 @@ class TokenRows:
         self.row_dim = U.shape[1] + V.shape[1]
         self.gram_width = token_gram_width(U.shape[1], V.shape[1])
 
-    def _rows(self, start: int, stop: int) -> torch.Tensor:
+    def explicit(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) as explicit float64 D-vectors (stop − start × D): only ever for a chunk."""
         u, v = self.U[start:stop].double(), self.V[start:stop].double()
         return (u[:, :, None] * v[:, None, :]).reshape(stop - start, self.D)
 
@@ -97,7 +98,7 @@ class TokenRows:
         out = torch.empty(self.n, X.shape[0], dtype=torch.float64, device=X.device)
         for s in range(0, self.n, self.chunk):
             e = min(s + self.chunk, self.n)
-            out[s:e] = self._rows(s, e) @ X.T
+            out[s:e] = self.explicit(s, e) @ X.T
         return out
 
     def transpose_apply(self, C: torch.Tensor) -> torch.Tensor:
@@ -168,6 +169,9 @@ class ResponseRows:
     def cross(self, X: torch.Tensor) -> torch.Tensor:
         return self.G @ X.T
 
+    def explicit(self, start: int, stop: int) -> torch.Tensor:
+        return self.G[start:stop]
+
     def transpose_apply(self, C: torch.Tensor) -> torch.Tensor:
         return C.T @ self.G
 
@@ -178,22 +182,94 @@ class ResponseRows:
         return ResponseRows(self.G[start:stop])
 
 
-def route_costs(n_rows: int, D: int, row_dim: int, gram_width: int, n_rhs: int) -> dict[str, float]:
-    """Flop estimates of the two exact routes for n_rows curvature rows and n_rhs right-hand sides.
+@dataclass(frozen=True)
+class RouteEstimate:
+    """What one factorisation and its solves cost by one route: flops in the Gram dtype (the dense token Gram's
+    products) and in float64 (kernels, factorisation, solves), and the bytes its working set holds at its peak.
 
-    ``row_dim`` is the work per entry of the n×n kernel, ``gram_width`` the work per row of the D×D Gram.
+    The memory mirrors the code: the kernel route builds U·U'ᵀ and V·V'ᵀ before their product (three n×n
+    float64 arrays), then holds the kernel and its Cholesky factor (two) and n×m solves; the dense route holds
+    two D×D float64 arrays (the Gram and its gathered copy, then the Gram and its factor).
     """
-    return {
-        "kernel": n_rows * n_rows * row_dim + n_rows**3 / 3 + 2.0 * n_rows * n_rhs * D,
-        "dense": n_rows * gram_width + D**3 / 3 + 2.0 * n_rhs * D * D,
-    }
+
+    route: str
+    gram_flops: float  # the dense token Gram's products, in compute.gram_dtype
+    fp64_flops: float  # kernels, Gram of response rows, solves: float64 GEMM-like work
+    factor_flops: float  # the Cholesky factorisation (n³/3 or D³/3), float64
+    peak_bytes: int
+
+    @property
+    def flops(self) -> float:
+        return self.gram_flops + self.fp64_flops + self.factor_flops
 
 
-def choose_route(rows, n_rhs: int, setting: str) -> str:
+def route_estimates(n: int, D: int, row_dim: int, gram_width: int, n_rhs: int, token: bool,
+                    chunk: int = 4096) -> dict[str, RouteEstimate]:
+    """Both exact routes for n curvature rows of size D and n_rhs right-hand sides (flops: 2 per multiply-add,
+    n³/3 for a Cholesky factorisation). ``row_dim`` is the work per entry of the n×n kernel, ``gram_width`` the
+    multiply-adds per row of the D×D Gram; ``token`` says the rows are token factors (u_t, v_t), formed in
+    chunks of ``chunk`` rows when a product needs them explicitly."""
+    rows_chunk = 8 * min(n, chunk) * D if token else 0
+    kernel_build = 3 if token else 2
+    kernel = RouteEstimate(
+        "kernel", 0.0, 2.0 * n * n * row_dim + 4.0 * n * n_rhs * D + 4.0 * n * n * n_rhs, n**3 / 3,
+        8 * max(kernel_build * n * n, n * n + 2 * n * n_rhs) + rows_chunk,
+    )
+    gram = 2.0 * n * gram_width
+    dense = RouteEstimate(
+        "dense", gram if token else 0.0, (0.0 if token else gram) + 2.0 * n_rhs * D * D + 2.0 * n_rhs * n_rhs * D,
+        D**3 / 3, 8 * (2 * D * D + D * n_rhs),
+    )
+    return {"kernel": kernel, "dense": dense}
+
+
+def pick_route(estimates: dict[str, RouteEstimate], setting: str, limit_bytes: float | None,
+               seconds) -> tuple[str, str]:
+    """(route, why): a fixed setting as given; 'auto' the faster route by ``seconds(estimate)`` among those whose
+    working set fits ``limit_bytes`` (None: no limit), or the smaller working set when neither fits."""
     if setting != "auto":
-        return setting
-    costs = route_costs(rows.n, rows.D, rows.row_dim, rows.gram_width, n_rhs)
-    return min(costs, key=costs.get)
+        return setting, "set by curvature.solver"
+    fits = [e for e in estimates.values() if limit_bytes is None or e.peak_bytes <= limit_bytes]
+    if not fits:
+        best = min(estimates.values(), key=lambda e: e.peak_bytes)
+        return best.route, f"neither route fits {_gib(limit_bytes)} free; {best.route} needs least"
+    best = min(fits, key=seconds)
+    other = next(e for e in estimates.values() if e.route != best.route)
+    if other in fits:
+        return best.route, f"faster ({seconds(best):.3g} s against {seconds(other):.3g} s)"
+    return best.route, f"{other.route} needs {_gib(other.peak_bytes)}, more than {_gib(limit_bytes)} free"
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def rows_estimates(rows, n_rhs: int) -> dict[str, RouteEstimate]:
+    token = isinstance(rows, TokenRows)
+    return route_estimates(rows.n, rows.D, rows.row_dim, rows.gram_width, n_rhs, token,
+                           rows.chunk if token else 0)
+
+
+def choose_route(rows, n_rhs: int, setting: str, limit_bytes: float | None = None) -> str:
+    """The route ``factor`` takes: by the flop counts at equal rates (the planner, plan.py, applies a device's
+    rates to the same estimates), among the routes whose working set fits ``limit_bytes``."""
+    return pick_route(rows_estimates(rows, n_rhs), setting, limit_bytes, lambda e: e.flops)[0]
+
+
+def free_bytes(device: torch.device) -> float:
+    """Memory a factorisation may take on ``device`` now: free device memory plus what PyTorch's CUDA cache holds
+    unused, or the host's MemAvailable on the CPU (None where unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def damping_value(rows, damping) -> float:
@@ -249,11 +325,12 @@ def segment_sum(Y: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return out.index_add_(0, seg, Y)
 
 
-def factor(rows, damping, setting: str, n_rhs: int) -> Solver:
-    """Damp and factor the curvature of ``rows`` by the chosen route; failures are recorded, not raised."""
+def factor(rows, damping, setting: str, n_rhs: int, limit_bytes: float | None = None) -> Solver:
+    """Damp and factor the curvature of ``rows`` by the chosen route (see choose_route); failures are recorded,
+    not raised."""
     t0 = time.perf_counter()
     lam = damping_value(rows, damping)
-    route = choose_route(rows, n_rhs, setting)
+    route = choose_route(rows, n_rhs, setting, limit_bytes)
     if not lam > 0:
         return Solver(rows, lam, route, None, False, time.perf_counter() - t0)
     M = rows.kernel() if route == "kernel" else rows.gram()

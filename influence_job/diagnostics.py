@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from influence_job.curvature import damping_value
+from influence_job.curvature import damping_value, free_bytes
 from influence_job.engine import Layout, module_rows
 from influence_job.similarity import SCOPES, matrix_stats
 
@@ -134,17 +134,26 @@ class Spectrum:
     norm: float  # ‖eigenvalues of H‖ = ‖H‖_F
 
 
-def _spectrum(rows, lam: float) -> Spectrum:
-    A = rows.kernel() if rows.n <= rows.D else rows.gram()  # same nonzero eigenvalues, the smaller side
-    m = A.shape[0]
-    whole = m <= EXACT_SPECTRUM_MAX or LEADING >= m
-    sigma = torch.linalg.eigvalsh(A).flip(0).clamp_min(0) if whole else _leading_eigenvalues(A, LEADING)
+def _eigenvalues(A: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Eigenvalues of the symmetric PSD A (m×m, or a batch of them), descending: all of them (True) up to
+    EXACT_SPECTRUM_MAX rows, else the LEADING largest (False)."""
+    m = A.shape[-1]
+    if m <= EXACT_SPECTRUM_MAX or LEADING >= m:
+        return torch.linalg.eigvalsh(A).flip(-1).clamp_min(0), True
+    if A.dim() == 3:
+        return torch.stack([_leading_eigenvalues(a, LEADING) for a in A]), False
+    return _leading_eigenvalues(A, LEADING), False
+
+
+def _spectrum(A: torch.Tensor, sigma: torch.Tensor, whole: bool, D: int, lam: float) -> Spectrum:
+    """The Spectrum of H = RᵀR + λI from A, either side of RᵀR (the kernel R Rᵀ or RᵀR itself: the same nonzero
+    eigenvalues), and A's eigenvalues ``sigma`` (all, or the leading ones)."""
     trace, squares = float(A.trace()), float(A.square().sum())
     top_sum, top_squares = float(sigma.sum()), float(sigma.square().sum())
-    rest = rows.D - len(sigma)
+    rest = D - len(sigma)
     rest_sum = max(0.0, trace - top_sum) + rest * lam
     rest_squares = max(0.0, squares - top_squares) + 2 * lam * max(0.0, trace - top_sum) + rest * lam**2
-    norm = math.sqrt(squares + 2 * lam * trace + rows.D * lam**2)
+    norm = math.sqrt(squares + 2 * lam * trace + D * lam**2)
     return Spectrum(sigma + lam, whole, rest, rest_sum, rest_squares, norm)
 
 
@@ -172,21 +181,88 @@ def spectrum_cosine(a: Spectrum, b: Spectrum) -> tuple[float, float]:
     return (head + (low + high) / 2) / scale, max(0.0, high - low) / 2 / scale
 
 
+def _eig_flops(m: int) -> float:
+    """Flops of _eigenvalues on m×m: 4m³/3 for the tridiagonal reduction of eigvalsh, or the subspace iteration's
+    products and QR factorisations (b = LEADING + 16 columns)."""
+    if m <= EXACT_SPECTRUM_MAX or LEADING >= m:
+        return 4 * m**3 / 3
+    b = LEADING + 16
+    return SUBSPACE_STEPS * (2.0 * m * m * b + 4.0 * m * b * b) + 2.0 * m * m * b
+
+
+def similarity_estimates(prompt_rows: list[int], D: int, row_dim: int) -> dict[str, tuple[float, int]]:
+    """(float64 flops, peak bytes) of module_curvature_similarity by its two sides, for prompts of
+    ``prompt_rows`` curvature rows each:
+
+    - 'kernel': the cross kernels R_p R_qᵀ of every pair of prompts (‖·‖²_F gives ⟨H_p, H_q⟩), each prompt's
+      spectrum from the smaller of its kernel and its D×D Gram;
+    - 'gram': every prompt's D×D Gram R_pᵀR_p from explicit rows, their inner products as one product, and
+      their spectra.
+    """
+    P = len(prompt_rows)
+    pairs = sum(2.0 * a * b * row_dim for i, a in enumerate(prompt_rows) for b in prompt_rows[i:])
+    side = [min(n, D) for n in prompt_rows]
+    kernel = pairs + sum(2.0 * n * m * min(n, D) + _eig_flops(m) for n, m in zip(prompt_rows, side, strict=True))
+    kernel_peak = 8 * (3 * max(prompt_rows) ** 2 + 2 * max(side) ** 2)
+    gram = sum(2.0 * n * D * D for n in prompt_rows) + 2.0 * P * P * D * D + P * _eig_flops(D)
+    gram_peak = 8 * (P * D * D + KERNEL_CHUNK * D)
+    return {"kernel": (kernel, kernel_peak), "gram": (gram, gram_peak)}
+
+
+def similarity_side(prompt_rows: list[int], D: int, row_dim: int, limit_bytes: float | None) -> str:
+    """The cheaper side (by flops) whose memory fits ``limit_bytes``; the kernel side when neither fits (its
+    pairs can be taken one at a time)."""
+    est = similarity_estimates(prompt_rows, D, row_dim)
+    fits = [k for k, (_, peak) in est.items() if limit_bytes is None or peak <= limit_bytes]
+    return min(fits, key=lambda k: est[k][0]) if fits else "kernel"
+
+
+KERNEL_CHUNK = 4096  # explicit token rows formed at a time for the Gram side
+
+
+def _prompt_grams(rows, offsets, bounds) -> torch.Tensor:
+    """R_pᵀR_p (P×D×D, float64) for every prompt, from explicit rows in chunks of KERNEL_CHUNK."""
+    out = torch.zeros(len(bounds), rows.D, rows.D, dtype=torch.float64, device=_device(rows))
+    for p, (s, e) in enumerate(bounds):
+        seg = rows.segment(int(offsets[s]), int(offsets[e]))
+        for a in range(0, seg.n, KERNEL_CHUNK):
+            X = seg.explicit(a, min(a + KERNEL_CHUNK, seg.n))
+            out[p].addmm_(X.T, X)
+    return out
+
+
+def _device(rows) -> torch.device:
+    return rows.U.device if hasattr(rows, "U") else rows.G.device
+
+
 def module_curvature_similarity(mf, layout: Layout, cfg) -> dict[str, np.ndarray]:
     """P×P cosines between per-prompt curvatures H_p (Frobenius, exact) and between their spectra (with the
-    bound of spectrum_cosine)."""
+    bound of spectrum_cosine), by the cheaper side (similarity_side)."""
     rows, offsets = module_rows(mf, cfg.curvature.source, cfg.compute, layout)
     prompts = [rows.segment(int(offsets[s]), int(offsets[e])) for s, e in layout.prompt_bounds]
     lams = [damping_value(r, cfg.curvature.damping) for r in prompts]
     traces = [r.trace() for r in prompts]
     P, D = len(prompts), rows.D
-    inner = np.zeros((P, P))
-    for p in range(P):
-        for q in range(p, P):
-            cross = float(prompts[p].cross_kernel(prompts[q]).square().sum())
-            inner[p, q] = inner[q, p] = cross + lams[p] * traces[q] + lams[q] * traces[p] + lams[p] * lams[q] * D
+    side = similarity_side([r.n for r in prompts], D, rows.row_dim, free_bytes(_device(rows)))
+    if side == "gram":
+        B = _prompt_grams(rows, offsets, layout.prompt_bounds)
+        flat = B.reshape(P, -1)
+        cross = (flat @ flat.T).cpu().numpy()  # ⟨R_pᵀR_p, R_qᵀR_q⟩ = ‖R_p R_qᵀ‖²_F
+        sigma, whole = _eigenvalues(B)
+        spectra = [_spectrum(B[p], sigma[p], whole, D, lams[p]) for p in range(P)]
+    else:
+        cross = np.zeros((P, P))
+        for p in range(P):
+            for q in range(p, P):
+                cross[p, q] = cross[q, p] = float(prompts[p].cross_kernel(prompts[q]).square().sum())
+        spectra = []
+        for r, lam in zip(prompts, lams, strict=True):
+            A = r.kernel() if r.n <= r.D else r.gram()  # same nonzero eigenvalues: the smaller side
+            sigma, whole = _eigenvalues(A)
+            spectra.append(_spectrum(A, sigma, whole, D, lam))
+    lam, tr = np.array(lams), np.array(traces)
+    inner = cross + np.outer(lam, tr) + np.outer(tr, lam) + np.outer(lam, lam) * D
     norms = np.sqrt(np.diag(inner))
-    spectra = [_spectrum(r, lam) for r, lam in zip(prompts, lams, strict=True)]
     spectrum, bound = np.eye(P), np.zeros((P, P))
     for p in range(P):
         for q in range(p + 1, P):

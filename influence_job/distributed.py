@@ -3,8 +3,8 @@
 The plan per run: every rank captures the factors of its own prompts (contiguous blocks of prompts,
 balanced by token count, so concatenating ranks in order gives input order); the small per-response
 metadata is all-gathered; each module's G, U, V are gathered to the rank that owns the module (owners
-chosen by estimated cost, largest first, onto the least-loaded rank); owners run the single-process
-engine on their modules in parallel; the N×N matrices and the token scores are summed onto rank 0,
+chosen by estimated flops, plan.module_estimate, largest first, onto the least-loaded rank); owners run the
+single-process engine on their modules in parallel; the N×N matrices and the token scores are summed onto rank 0,
 which writes the outputs. ``Comm`` is the identity for one process, so there is a single code path.
 
 Every collective runs under the process group's timeout; a failure or a dead peer becomes a
@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 
 from influence_job.capture import Capture, ModuleFactors
-from influence_job.curvature import route_costs, token_gram_width
 from influence_job.data import Dataset
 from influence_job.errors import DistributedError, InputError
 
@@ -137,20 +136,6 @@ def assign_modules(costs: list[float], world: int) -> list[int]:
         owner[i] = r
         load[r] += costs[i]
     return owner
-
-
-def module_cost(dims, n_rows: int, n_responses: int, n_prompts: int, cfg) -> float:
-    """Estimated flops of a module's curvature+solve (the cheaper exact route), used to balance owners."""
-    D = dims.D
-    token = cfg.curvature.source == "token"
-    rows = n_rows if token else n_responses
-    row_dim = dims.k_in + dims.k_out if token else D
-    width = token_gram_width(dims.k_out, dims.k_in) if token else D * D
-    total = min(route_costs(rows, D, row_dim, width, n_responses).values())
-    if cfg.curvature.scope == "per_prompt" or cfg.influence.enabled:
-        per = max(1, rows // max(1, n_prompts))
-        total += n_prompts * min(route_costs(per, D, row_dim, width, n_responses).values())
-    return total
 
 
 def local_shard(ds: Dataset, comm: Comm) -> Dataset:

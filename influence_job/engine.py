@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from influence_job.capture import Capture, ModuleFactors
-from influence_job.curvature import ResponseRows, TokenRows, factor
+from influence_job.curvature import ResponseRows, TokenRows, factor, free_bytes
 from influence_job.influence import contrast_coefficients, token_scores
 
 
@@ -72,11 +72,12 @@ def process_module(mf: ModuleFactors, layout: Layout, cfg) -> ModuleResult:
     N = G.shape[0]
     curv = cfg.curvature
     rows, offsets = module_rows(mf, curv.source, cfg.compute, layout)
+    limit = free_bytes(G.device)  # 'auto' takes a route whose working set fits what is free now
     raw = G @ G.T
     routes, failed, factorisations = [], 0, 0
     damping = float("nan")
     if curv.scope == "global":
-        solver = factor(rows, curv.damping, curv.solver, n_rhs=N)
+        solver = factor(rows, curv.damping, curv.solver, n_rhs=N, limit_bytes=limit)
         hinv = solver.quad(G, offsets)
         routes.append(solver.route)
         failed += not solver.ok
@@ -90,7 +91,8 @@ def process_module(mf: ModuleFactors, layout: Layout, cfg) -> ModuleResult:
     scored = np.zeros(N, dtype=bool)
     for s, e in layout.prompt_bounds if per_prompt else []:
         rows_p = rows.segment(int(offsets[s]), int(offsets[e]))
-        solver = factor(rows_p, curv.damping, curv.solver, n_rhs=N if curv.scope == "per_prompt" else e - s)
+        solver = factor(rows_p, curv.damping, curv.solver, n_rhs=N if curv.scope == "per_prompt" else e - s,
+                        limit_bytes=limit)
         routes.append(solver.route)
         failed += not solver.ok
         factorisations += 1

@@ -40,7 +40,6 @@ from influence_job.distributed import (
     init_comm,
     local_shard,
     merge_metadata,
-    module_cost,
 )
 from influence_job.engine import make_layout, process_module
 from influence_job.errors import InputError
@@ -48,6 +47,7 @@ from influence_job.influence import score_summary
 from influence_job.metrics import JobMetrics, host_peak_rss_bytes
 from influence_job.model import layer_index, load_model, open_model, select_modules
 from influence_job.outputs import check_target, json_safe, npz_bytes, write_output_dir
+from influence_job.plan import device_profile, make_plan, module_estimate, workload_of
 from influence_job.progress import Progress
 from influence_job.report import render_report
 from influence_job.report_html import render_html
@@ -192,34 +192,43 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
         torch.cuda.reset_peak_memory_stats(device)
     with phases("load"):
         ds, model, selected, unprojected_name, model_name = load_inputs(cfg, device)
+        if comm.is_root:
+            log.info("%s", make_plan(cfg, workload_of(cfg, model_name, model.config, ds, model),
+                                     device_profile(device), comm.world).summary())
         # Hashing the weight files reads them whole: rank 0 alone does it, and open_store shares the result.
         fp = fingerprint(cfg, ds) if comm.is_root else None
         store = open_store(cfg, fp, len(selected), fresh, write, comm)
         fp = store.fingerprint if write else fp
+    names = [name for name, _ in selected]
+    # Handed over, not passed: _run_stages drops the model (and the modules that reference its weights) once the
+    # capture is done, and no frame of this function may keep them alive through the curvature stage.
+    weights = {"model": model, "selected": selected}
+    del model, selected
     try:
-        return _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, model, selected,
+        return _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, weights, names,
                            unprojected_name, model_name, fp, store)
     except Stopped as stop:
-        stop.note = store.resume_note(len(selected))
+        stop.note = store.resume_note(len(names))
         raise
 
 
-def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, model, selected, unprojected_name,
+def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, weights, names, unprojected_name,
                 model_name, fp, store) -> RunResult:
-    device, n_modules = comm.device, len(selected)
+    device, n_modules = comm.device, len(names)
     remaining = [i for i in range(n_modules) if i not in store.done]
     if store.done and comm.is_root:
         log.info("resuming: %d of %d modules done (from %s); computing the other %d", len(store.done), n_modules,
                  store.path, len(remaining))
-    unprojected_left = unprojected_name if any(selected[i][0] == unprojected_name for i in remaining) else None
+    unprojected_left = unprojected_name if any(names[i] == unprojected_name for i in remaining) else None
     with phases("capture"):
-        local = _capture(cfg, local_shard(ds, comm), model, [selected[i] for i in remaining], unprojected_left,
-                         device, metrics)
-    del model
+        selected = weights.pop("selected")
+        local = _capture(cfg, local_shard(ds, comm), weights.pop("model"), [selected[i] for i in remaining],
+                         unprojected_left, device, metrics)
+        del selected  # the model's weights are released here: the factors are all the later stages need
     with phases("exchange"):
         cap, layout, owned = exchange_stage(cfg, ds, local, remaining, comm)
     with phases("curvature_solve"):
-        sim_layers = _similarity_layers(cfg, [layer_index(name) for name, _ in selected])
+        sim_layers = _similarity_layers(cfg, [layer_index(name) for name in names])
         diagnostic_seconds = solve_stage(owned, layout, ds.arrays()["prompt_index"], sim_layers, cfg, store,
                                          metrics, n_modules)
     phases.book_apart("curvature_solve", "diagnostics", diagnostic_seconds)
@@ -293,7 +302,9 @@ def exchange_stage(cfg: JobConfig, ds: Dataset, local, remaining: list[int], com
     arrays = ds.arrays()
     cap, n_resp, n_rows = merge_metadata(local, comm)
     layout = make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
-    costs = [module_cost(mf.dims, len(cap.row_token), ds.n, len(ds.prompt_ids), cfg) for mf in local.modules]
+    per_prompt = [(int(cap.row_offsets[e] - cap.row_offsets[s]), e - s) for s, e in layout.prompt_bounds]
+    rows, responses = [r for r, _ in per_prompt], [n for _, n in per_prompt]
+    costs = [module_estimate(mf.dims, rows, responses, cfg)[2] for mf in local.modules]
     owners = assign_modules(costs, comm.world)
     owned = exchange_modules(local, owners, n_resp, n_rows, comm)
     return cap, layout, [(remaining[j], mf, exact) for j, mf, exact in owned]

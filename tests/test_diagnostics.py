@@ -1,6 +1,7 @@
 """Curvature similarity across prompts against explicit per-prompt D×D curvatures."""
 
 import numpy as np
+import pytest
 import torch
 from conftest import exact_config
 from reference import build_reference, curvature
@@ -11,7 +12,13 @@ from influence_job.diagnostics import module_curvature_similarity
 from influence_job.pipeline import capture_inputs, load_inputs
 
 
-def test_curvature_similarity_matches_explicit_matrices(tiny_model_dir, tiny_data):
+@pytest.mark.parametrize("side", ["kernel", "gram"])
+def test_curvature_similarity_matches_explicit_matrices(tiny_model_dir, tiny_data, side, monkeypatch):
+    """Both ways of computing it (cross kernels between prompts, or every prompt's D×D Gram) against explicit
+    matrices; the job picks the cheaper one per module (similarity_side)."""
+    from influence_job import diagnostics
+
+    monkeypatch.setattr(diagnostics, "similarity_side", lambda *a: side)
     proj = {"kind": "rademacher", "factor": 4, "seed": 3}
     ref = build_reference(tiny_model_dir, tiny_data, ProjectionConfig(**proj))
     for source in ("token", "response"):
@@ -33,7 +40,8 @@ def test_curvature_similarity_matches_explicit_matrices(tiny_model_dir, tiny_dat
             assert np.all(got["spectrum_bound"] <= 1e-12)  # whole spectra: nothing is bounded, all is exact
 
 
-def test_leading_eigenvalues_only_stay_within_their_stated_bound(tiny_model_dir, tiny_data, monkeypatch):
+@pytest.mark.parametrize("side", ["kernel", "gram"])
+def test_leading_eigenvalues_only_stay_within_their_stated_bound(tiny_model_dir, tiny_data, monkeypatch, side):
     """Above EXACT_SPECTRUM_MAX only the LEADING eigenvalues are computed; the spectrum cosine then carries a bound
     (Chebyshev below, Cauchy–Schwarz above, for the rest of the spectra), and the explicit cosine lies within it."""
     from influence_job import diagnostics
@@ -44,6 +52,7 @@ def test_leading_eigenvalues_only_stay_within_their_stated_bound(tiny_model_dir,
     ds, model, selected, _, _ = load_inputs(cfg, torch.device("cpu"))
     cap, layout = capture_inputs(cfg, ds, model, selected, None, torch.device("cpu"))
     monkeypatch.setattr(diagnostics, "EXACT_SPECTRUM_MAX", 0)
+    monkeypatch.setattr(diagnostics, "similarity_side", lambda *a: side)
     widths: dict[int, list[float]] = {}
     for leading in (2, 4, 8):
         monkeypatch.setattr(diagnostics, "LEADING", leading)
