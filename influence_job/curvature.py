@@ -233,11 +233,13 @@ def pick_route(estimates: dict[str, RouteEstimate], setting: str, limit_bytes: f
     if not fits:
         best = min(estimates.values(), key=lambda e: e.peak_bytes)
         return best.route, f"neither route fits {_gib(limit_bytes)} free; {best.route} needs least"
+    fastest = min(estimates.values(), key=seconds)
     best = min(fits, key=seconds)
     other = next(e for e in estimates.values() if e.route != best.route)
-    if other in fits:
+    if best is fastest:
         return best.route, f"faster ({seconds(best):.3g} s against {seconds(other):.3g} s)"
-    return best.route, f"{other.route} needs {_gib(other.peak_bytes)}, more than {_gib(limit_bytes)} free"
+    return best.route, (f"{other.route} would be faster but needs {_gib(other.peak_bytes)}, more than "
+                        f"{_gib(limit_bytes)} free")
 
 
 def _gib(n: float) -> str:

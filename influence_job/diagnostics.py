@@ -263,12 +263,25 @@ def module_curvature_similarity(mf, layout: Layout, cfg) -> dict[str, np.ndarray
     lam, tr = np.array(lams), np.array(traces)
     inner = cross + np.outer(lam, tr) + np.outer(tr, lam) + np.outer(lam, lam) * D
     norms = np.sqrt(np.diag(inner))
+    spectrum, bound = _spectrum_cosines(spectra, D, lams)
+    return {"frobenius": inner / np.outer(norms, norms), "spectrum": spectrum, "spectrum_bound": bound}
+
+
+def _spectrum_cosines(spectra: list[Spectrum], D: int, lams: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs' spectrum_cosine. When every spectrum is whole (each eigenvalue of H_p known: the computed ones
+    and D − m copies of λ_p) the cosines are one product of the P sorted eigenvalue vectors, exact (bound 0)."""
+    P = len(spectra)
+    if all(s.flat for s in spectra) and P * D <= 2**24:
+        S = torch.stack([torch.cat([s.top.cpu(), torch.full((D - len(s.top),), lam, dtype=torch.float64)])
+                         for s, lam in zip(spectra, lams, strict=True)])
+        S = S / S.norm(dim=1, keepdim=True)
+        return (S @ S.T).numpy(), np.zeros((P, P))
     spectrum, bound = np.eye(P), np.zeros((P, P))
     for p in range(P):
         for q in range(p + 1, P):
             spectrum[p, q], bound[p, q] = spectrum_cosine(spectra[p], spectra[q])
             spectrum[q, p], bound[q, p] = spectrum[p, q], bound[p, q]
-    return {"frobenius": inner / np.outer(norms, norms), "spectrum": spectrum, "spectrum_bound": bound}
+    return spectrum, bound
 
 
 def offdiag_summary(M: np.ndarray) -> dict:

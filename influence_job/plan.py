@@ -306,11 +306,13 @@ FACTOR_BYTES = {"float32": 4, "bfloat16": 2, "float64": 8}
 MODEL_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
 
-def make_plan(cfg, work: Workload, device: DeviceProfile, ranks: int = 1, baseline_host: float | None = None) -> Plan:
+def make_plan(cfg, work: Workload, device: DeviceProfile, ranks: int = 1, baseline_host: float | None = None,
+              suggest: bool = True) -> Plan:
     """The plan of ``cfg`` on ``ranks`` ranks of ``device``.
 
     ``baseline_host``: host bytes of a process with the libraries loaded (default: this process's resident size
-    now, which has imported torch and transformers, plus the device's context overhead).
+    now, which has imported torch and transformers, plus the device's context overhead). ``suggest``: when it does
+    not fit, re-plan with the usual remedies and say which fit (plan.notes).
     """
     baseline = (baseline_host if baseline_host is not None else _rss_now()) + device.host_overhead_bytes
     fb = 8 if work.model_dtype == "float64" else FACTOR_BYTES[cfg.compute.factor_dtype]
@@ -331,6 +333,8 @@ def make_plan(cfg, work: Workload, device: DeviceProfile, ranks: int = 1, baseli
     phases = _phases(cfg, work, plans, device, ranks, baseline, fb, mb)
     plan = Plan(device, ranks, plans, phases)
     _check(cfg, work, plan, limit)
+    if plan.warnings and suggest:
+        plan.notes += _what_fits(cfg, work, device, ranks)
     return plan
 
 
@@ -453,8 +457,6 @@ def _check(cfg, work: Workload, plan: Plan, limit: float) -> None:
         plan.warnings.append(
             f"rank {worst.rank}'s {worst.phase} phase needs {peak / GiB:.1f} GiB, more than 90 % of the "
             f"{dev.name}'s {dev.memory_bytes / GiB:.0f} GiB")
-    if plan.warnings:
-        plan.notes += _what_fits(cfg, work, dev, plan.ranks)
 
 
 def _fits(plan: Plan) -> bool:
@@ -463,26 +465,51 @@ def _fits(plan: Plan) -> bool:
 
 
 def _what_fits(cfg, work: Workload, device: DeviceProfile, ranks: int) -> list[str]:
-    """Re-plan with each usual remedy and say which fit."""
-    tries = [("curvature.source: response", _with(cfg, curvature={"source": "response"}), ranks)]
-    factor = cfg.projection.factor
-    for f in (factor * 2, factor * 4):
-        tries.append((f"projection.factor: {f}", _with(cfg, projection={"factor": f}), ranks))
+    """Re-plan with the usual remedies and say which fit. When the capture alone does not fit, first the
+    capture's remedies (bfloat16 weights, smaller micro-batches), then each curvature remedy on top of them."""
+    limit = device.memory_bytes * 0.9
+
+    def attempt(c, r) -> Plan:
+        return make_plan(c, replace(work, modules=_reshaped(work, c), model_dtype=c.model.dtype), device, r,
+                         baseline_host=0.0, suggest=False)
+
+    def capture_peak(p: Plan) -> float:
+        return max(x.peak_device_bytes if device.gpu else x.peak_host_bytes for x in p.phases if x.phase == "capture")
+
+    base, prefix = cfg, []
+    if capture_peak(attempt(cfg, ranks)) > limit:
+        for dtype in dict.fromkeys([cfg.model.dtype, "bfloat16"]):
+            tokens = [t for t in (cfg.compute.micro_batch_tokens // 2**i for i in range(6)) if t]
+            found = next((t for t in tokens if capture_peak(attempt(
+                _with(cfg, model={"dtype": dtype}, compute={"micro_batch_tokens": t}), ranks)) <= limit), None)
+            if found:
+                base = _with(cfg, model={"dtype": dtype}, compute={"micro_batch_tokens": found})
+                prefix = ([f"model.dtype: {dtype}"] if dtype != cfg.model.dtype else []) + \
+                    ([f"compute.micro_batch_tokens: {found}"] if found != cfg.compute.micro_batch_tokens else [])
+                break
+        else:
+            return ["the capture does not fit even with bfloat16 weights and 256-token micro-batches"]
+    tries = [(prefix, base, ranks)] if prefix else []
+    if cfg.curvature.solver != "auto":
+        tries.append((prefix + ["curvature.solver: auto"], _with(base, curvature={"solver": "auto"}), ranks))
+    tries.append((prefix + ["curvature.source: response"], _with(base, curvature={"source": "response"}), ranks))
+    for f in (cfg.projection.factor * 2, cfg.projection.factor * 4):
+        tries.append((prefix + [f"projection.factor: {f}"], _with(base, projection={"factor": f}), ranks))
     for cap in (8192, 4096):
-        tries.append((f"projection.max_hessian_dim: {cap}", _with(cfg, projection={"max_hessian_dim": cap}), ranks))
+        tries.append((prefix + [f"projection.max_hessian_dim: {cap}"],
+                      _with(base, projection={"max_hessian_dim": cap}), ranks))
     for more in (ranks * 2, ranks * 8):
-        tries.append((f"{more} ranks", cfg, more))
+        tries.append((prefix + [f"{more} ranks"], base, more))
     lines = []
-    for label, c, r in tries:
+    for labels, c, r in tries:
         try:
-            w = replace(work, modules=_reshaped(work, c))
-            p = make_plan(c, w, device, r, baseline_host=0.0)
+            p = attempt(c, r)
         except Exception as exc:  # noqa: BLE001 — a remedy that cannot be planned is reported, not raised
-            lines.append(f"{label}: cannot be planned ({exc})")
+            lines.append(f"{' + '.join(labels)}: cannot be planned ({exc})")
             continue
         mem = p.peak_device_bytes() if device.gpu else p.peak_host_bytes()
-        lines.append(f"{label}: {'fits' if _fits(p) and not p.warnings else 'does not fit'} "
-                     f"(peak {mem / GiB:.1f} GiB, ≈ {p.seconds():.1f} s)")
+        lines.append(f"{' + '.join(labels)}: {'fits' if _fits(p) and not p.warnings else 'does not fit'} "
+                     f"(peak {mem / GiB:.1f} GiB, ≈ {_secs(p.seconds())})")
     return lines
 
 
