@@ -136,13 +136,18 @@ class TokenRows:
                     M.addmm_(pu, pv.T)
                 else:
                     M += (pu @ pv.T).double()
+                del pu, pv  # views of the scratch buffers: they would keep them alive below
         del scratch_u, scratch_v
-        # Gather in steps that free their input, so at most two D×D-sized arrays are alive (as in factor()).
-        by_in = M.index_select(1, where_in.reshape(-1))  # (pairs_out, k_in·k_in)
-        del M
-        by_both = by_in.index_select(0, where_out.reshape(-1)).view(k_out, k_out, k_in, k_in)
-        del by_in
-        return by_both.permute(0, 2, 1, 3).reshape(self.D, self.D)
+        # Gather RᵀR from M one block row a (k_in rows of H) at a time, into H allocated once: the peak is M and H,
+        # about 1.25 D² values, and the factorisation that follows holds two D×D arrays at most (as the planner
+        # counts).
+        H = torch.empty(self.D, self.D, dtype=torch.float64, device=device)
+        cols = where_in.reshape(-1)
+        for row in range(k_out):
+            block = M.index_select(0, where_out[row]).index_select(1, cols)  # (c, (b, d)) for this a = row
+            H[row * k_in:(row + 1) * k_in].view(k_in, k_out, k_in).copy_(
+                block.view(k_out, k_in, k_in).permute(1, 0, 2))
+        return H
 
     def segment(self, start: int, stop: int) -> TokenRows:
         return TokenRows(self.U[start:stop], self.V[start:stop], self.chunk, self.gram_dtype)

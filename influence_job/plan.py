@@ -125,6 +125,7 @@ class Workload:
     hidden: int
     intermediate: int
     kv_dim: int
+    heads: int
     vocab: int
     modules: list[ModuleShape]
     prompt_of: np.ndarray  # (N,) prompt index of each response
@@ -164,7 +165,7 @@ def workload_of(cfg, name: str, config, ds, model) -> Workload:
         linear_madds_per_token=sum(m.in_features * m.out_features for m in linear),
         layers=int(c.num_hidden_layers), hidden=int(c.hidden_size),
         intermediate=int(getattr(c, "intermediate_size", 4 * c.hidden_size)),
-        kv_dim=int(getattr(c, "num_key_value_heads", heads)) * head_dim, vocab=int(c.vocab_size),
+        kv_dim=int(getattr(c, "num_key_value_heads", heads)) * head_dim, heads=heads, vocab=int(c.vocab_size),
         modules=[ModuleShape(n, module_kind(n, cfg.modules), layer_index(n),
                              projected_dims(m.in_features, m.out_features, cfg.projection)) for n, m in selected],
         prompt_of=np.array([r.prompt_index for r in ds.responses]),
@@ -367,35 +368,41 @@ def _plan_diagnostics(cfg, work: Workload, plans: list[ModulePlan], prompt_rows,
         plan.diagnostic_seconds = flops / device.rate("float64")
 
 
-def _capture_flops(work: Workload, ranks_resp: np.ndarray, micro_batch_tokens: int) -> tuple[float, float, int]:
-    """(model flops in the model's dtype, float64 hook flops, largest padded micro-batch) of one rank's capture."""
+def _capture_flops(work: Workload, ranks_resp: np.ndarray, micro_batch_tokens: int,
+                   score_copies: int) -> tuple[float, float, float]:
+    """(model flops in the model's dtype, float64 hook flops, largest activation bytes of one micro-batch) of one
+    rank's capture."""
     from influence_job.data import micro_batches
 
     lengths = work.seq_lengths[ranks_resp]
-    padded, attention, widest = 0, 0.0, 0
+    padded, attention, largest = 0, 0.0, 0.0
     for batch in micro_batches(lengths.tolist(), micro_batch_tokens):
         width = int(max(lengths[i] for i in batch))
         padded += width * len(batch)
-        widest = max(widest, width * len(batch))
         attention += len(batch) * width * width
+        largest = max(largest, activation_bytes(work, width * len(batch),
+                                                score_copies * len(batch) * width * width))
     # Forward and backward (input gradients only: the weights are frozen) of every linear map; attention scores
     # and values, forward (2·s²·d multiply-adds per layer) and backward (twice that).
     model = 2.0 * 2 * padded * work.linear_madds_per_token + 2.0 * 6 * attention * work.hidden * work.layers
     kept = int(work.kept[ranks_resp].sum())
     hooks = sum(2.0 * padded * (m.dims.d_in * m.dims.k_in + m.dims.d_out * m.dims.k_out) for m in work.modules)
     grads = sum(2.0 * kept * m.dims.D for m in work.modules)  # G's float64 per-sequence products
-    return model + hooks, grads, widest
+    return model + hooks, grads, largest
 
 
-def activation_bytes(work: Workload, tokens: int) -> float:
+def activation_bytes(work: Workload, tokens: int, score_entries: int = 0) -> float:
     """Autograd's saved tensors for one micro-batch of ``tokens`` padded positions with frozen weights: per layer
     and token the two RMSNorm inputs, attention's q, k, v and output, the MLP's gate and up outputs and their
     activation (4·hidden + 2·kv + 3·intermediate values in the model's dtype); the logits, their float32 copy
-    that logsumexp keeps, and the logits' gradient (vocabulary × (2·model bytes + 4) per position)."""
+    that logsumexp keeps, and the logits' gradient (vocabulary × (2·model bytes + 4) per position). Where the
+    attention kernel keeps its probabilities (eager attention, and PyTorch's CPU kernel for a padding mask) also
+    heads × Σ s² per layer (``score_entries``: Σ over the batch's sequences of s², padded, times the copies held —
+    measured on CPU with tiny-qwen2: about 1 for the CPU sdpa kernel, 3 for eager attention)."""
     mb = MODEL_BYTES[work.model_dtype]
     per_layer = (4 * work.hidden + 2 * work.kv_dim + 3 * work.intermediate) * mb
     logits = work.vocab * (2 * mb + 4)
-    return tokens * (work.layers * per_layer + logits)
+    return tokens * (work.layers * per_layer + logits) + score_entries * work.heads * work.layers * mb
 
 
 def _phases(cfg, work: Workload, plans: list[ModulePlan], device: DeviceProfile, ranks: int, baseline: float,
@@ -412,11 +419,13 @@ def _phases(cfg, work: Workload, plans: list[ModulePlan], device: DeviceProfile,
     for r, (a, b) in enumerate(shards):
         local = np.flatnonzero((work.prompt_of >= a) & (work.prompt_of < b))
         n_rows = int(work.kept[local].sum())
-        model_flops, hook_flops, widest = _capture_flops(work, local, cfg.compute.micro_batch_tokens)
+        score_copies = 3 if cfg.model.attn_implementation == "eager" else (0 if device.gpu else 1)
+        model_flops, hook_flops, activations = _capture_flops(work, local, cfg.compute.micro_batch_tokens,
+                                                              score_copies)
         factors = sum(_factor_bytes(m.dims, n_rows, len(local), fb) for m in work.modules)
         unproj = next((len(local) * m.dims.d_in * m.dims.d_out * 8 for m in work.modules
                        if m.name == work.unprojected), 0)
-        capture_dev = weights + factors + unproj + activation_bytes(work, widest)
+        capture_dev = weights + factors + unproj + activations
         owned = [m for m in plans if m.owner == r]
         held = sum(m.factor_bytes for m in owned)
         solve_dev = held + max((m.peak_bytes for m in owned), default=0)
