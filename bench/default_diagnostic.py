@@ -7,8 +7,10 @@ response-source diagnostic, and prints wall time by phase, curvature+solve time,
 (tokens/s through forward+backward with projection), peak GPU and host memory, each beside the
 original system's figure or the issue's target. The model and Gram dtypes default to the job's own
 defaults (float32 model, float64 Gram products): by default this measures the default diagnostic; other
-dtypes by flag. Timings are printed, never asserted; the one check is that every run passes the job's own
-validation (the script exits 1 otherwise).
+dtypes by flag. Beside each phase's measured time and share of the wall time it prints the planner's estimate
+(plan.py) of the same configuration on the same device, and the diagnostics' cost relative to the solves.
+Timings are printed, never asserted; the one check is that every run passes the job's own validation (the
+script exits 1 otherwise).
 Run: python bench/default_diagnostic.py [--small] [--device cuda] [--model-dtype bfloat16] [--gram-dtype tf32]
 """
 
@@ -27,6 +29,7 @@ from common import Agreement
 from influence_job.config import JobConfig
 from influence_job.model import builtin_config
 from influence_job.pipeline import run_job
+from influence_job.plan import Plan, device_profile, make_plan, workload
 
 ORIGINAL = {"wall": 3674.0, "solve": 990.0, "gpu_gb": 142.0, "host_gb": 774.0}
 
@@ -46,7 +49,8 @@ def synthetic_data(path: Path, vocab: int, prompts: int, responses: int, tokens:
     return path
 
 
-def run(model: str, data: Path, device: str, dtype: str, gram_dtype: str, source: str, out: Path) -> dict:
+def run(model: str, data: Path, device: str, dtype: str, gram_dtype: str, source: str, out: Path) -> tuple[dict, Plan]:
+    """The job's results, and the planner's estimate of the same configuration on this device (made first)."""
     cfg = JobConfig.model_validate({
         "model": {"builtin": model, "dtype": dtype},
         "data": {"path": str(data)},
@@ -54,12 +58,26 @@ def run(model: str, data: Path, device: str, dtype: str, gram_dtype: str, source
         "compute": {"device": device, "gram_dtype": gram_dtype},
         "output": {"dir": str(out)},
     })
-    return run_job(cfg, write=False).results
+    plan = make_plan(cfg, workload(cfg), device_profile(torch.device(device)))
+    return run_job(cfg, write=False).results, plan
 
 
-def report(label: str, r: dict, full_size: bool) -> None:
+def report(label: str, r: dict, plan: Plan, full_size: bool) -> None:
     perf = r["performance"]
     phases = ", ".join(f"{k} {v:.2f} s" for k, v in perf["phase_seconds"].items())
+    wall = perf["wall_seconds"]
+    print(f"[{label}] phase: measured (share of wall) | planner's estimate (compute only, a floor)")
+    for name, seconds in perf["phase_seconds"].items():
+        planned = f"{plan.seconds(name):.3f} s" if any(p.phase == name for p in plan.phases) else "not estimated"
+        print(f"[{label}]   {name:<16} {seconds:8.3f} s ({100 * seconds / wall:4.1f} %) | {planned}")
+    solves, diag = perf["phase_seconds"]["curvature_solve"], perf["phase_seconds"].get("diagnostics", 0.0)
+    print(f"[{label}] diagnostics / solves: measured {diag / solves:.3f}, planned "
+          f"{plan.seconds('diagnostics') / max(plan.seconds('curvature_solve'), 1e-12):.3f}")
+    print(f"[{label}] peak memory: measured GPU {perf['peak_gpu_mem_bytes'] / 2**30:.2f} GiB, host "
+          f"{perf['peak_host_mem_bytes'] / 2**30:.2f} GiB | planned "
+          + (f"GPU {plan.peak_device_bytes() / 2**30:.2f} GiB, " if plan.device.gpu else "")
+          + f"host {plan.peak_host_bytes() / 2**30:.2f} GiB")
+    print(f"[{label}] {plan.summary()}")
     tokens_per_s = r["n_positions"] / perf["phase_seconds"]["capture"]
     print(f"[{label}] {r['n_responses']} responses, {r['n_positions']:,} positions, {len(r['modules'])} modules; "
           f"validation {'passed' if r['validation']['passed'] else 'FAILED'}")
@@ -97,11 +115,12 @@ def main() -> None:
           f"{prompts} prompts × {responses} responses × ~{tokens} tokens; Gram products in {args.gram_dtype}")
     with tempfile.TemporaryDirectory(prefix="bench-default-") as tmp:
         data = synthetic_data(Path(tmp) / "data.jsonl", builtin_config(model).vocab_size, prompts, responses, tokens)
-        runs = {source: run(model, data, args.device, args.model_dtype, args.gram_dtype, source, Path(tmp) / source)
+        both = {source: run(model, data, args.device, args.model_dtype, args.gram_dtype, source, Path(tmp) / source)
                 for source in ("token", "response")}
+    runs = {source: r for source, (r, _) in both.items()}
     token, response = runs["token"], runs["response"]
-    report("token source, global scope (default)", token, not args.small)
-    report("response source", response, not args.small)
+    report("token source, global scope (default)", token, both["token"][1], not args.small)
+    report("response source", response, both["response"][1], not args.small)
     for source, r in runs.items():
         failed = [c["name"] for c in r["validation"]["checks"] if not c["passed"]]
         agreement.check(f"failed validation checks of the {source}-source run{' ' + str(failed) if failed else ''}",

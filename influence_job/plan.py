@@ -12,6 +12,7 @@ Python: close at full size, an underestimate for tiny models (bench/default_diag
 
 from __future__ import annotations
 
+import functools
 import resource
 import time
 from dataclasses import dataclass, field, replace
@@ -67,19 +68,22 @@ def _median_seconds(fn, repeats: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
+@functools.cache
 def cpu_profile() -> DeviceProfile:
-    """This machine's CPU, measured now (about a second): GEMM rates for each dtype at n = 768, a float64
-    Cholesky, and the host memory (MemTotal)."""
-    n = 768
+    """This machine's CPU, measured once per process (about half a second): GEMM rates for each dtype at n = 1,024
+    and a float64 Cholesky at n = 2,048 (small sizes understate the rates of large factorisations), and the host
+    memory (MemTotal)."""
+    n = 1024
     rates = {}
     for kind, dtype in (("float64", torch.float64), ("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         a = torch.randn(n, n, dtype=torch.float64).to(dtype)
         rates[kind] = 2 * n**3 / _median_seconds(lambda a=a: a @ a)
     rates["tf32"] = rates["float32"]
     rates["float16"] = rates["bfloat16"]
-    spd = torch.randn(n, n, dtype=torch.float64)
-    spd = spd @ spd.T + n * torch.eye(n, dtype=torch.float64)
-    rates["float64_factor"] = n**3 / 3 / _median_seconds(lambda: torch.linalg.cholesky(spd))
+    m = 2048
+    spd = torch.randn(m, m, dtype=torch.float64)
+    spd = spd @ spd.T + m * torch.eye(m, dtype=torch.float64)
+    rates["float64_factor"] = m**3 / 3 / _median_seconds(lambda: torch.linalg.cholesky(spd), repeats=1)
     return DeviceProfile("cpu", _mem_total(), rates, 0.0,
                          f"this machine's CPU, {torch.get_num_threads()} threads, GEMM/Cholesky rates measured now",
                          gpu=False)
@@ -369,14 +373,15 @@ def _plan_diagnostics(cfg, work: Workload, plans: list[ModulePlan], prompt_rows,
 
 
 def _capture_flops(work: Workload, ranks_resp: np.ndarray, micro_batch_tokens: int,
-                   score_copies: int) -> tuple[float, float, float]:
-    """(model flops in the model's dtype, float64 hook flops, largest activation bytes of one micro-batch) of one
-    rank's capture."""
+                   score_copies: int) -> tuple[float, float, float, int]:
+    """(model flops in the model's dtype, float64 hook flops, largest activation bytes of one micro-batch, number
+    of micro-batches) of one rank's capture."""
     from influence_job.data import micro_batches
 
     lengths = work.seq_lengths[ranks_resp]
     padded, attention, largest = 0, 0.0, 0.0
-    for batch in micro_batches(lengths.tolist(), micro_batch_tokens):
+    batches = micro_batches(lengths.tolist(), micro_batch_tokens)
+    for batch in batches:
         width = int(max(lengths[i] for i in batch))
         padded += width * len(batch)
         attention += len(batch) * width * width
@@ -388,7 +393,7 @@ def _capture_flops(work: Workload, ranks_resp: np.ndarray, micro_batch_tokens: i
     kept = int(work.kept[ranks_resp].sum())
     hooks = sum(2.0 * padded * (m.dims.d_in * m.dims.k_in + m.dims.d_out * m.dims.k_out) for m in work.modules)
     grads = sum(2.0 * kept * m.dims.D for m in work.modules)  # G's float64 per-sequence products
-    return model + hooks, grads, largest
+    return model + hooks, grads, largest, len(batches)
 
 
 def activation_bytes(work: Workload, tokens: int, score_entries: int = 0) -> float:
@@ -420,14 +425,15 @@ def _phases(cfg, work: Workload, plans: list[ModulePlan], device: DeviceProfile,
         local = np.flatnonzero((work.prompt_of >= a) & (work.prompt_of < b))
         n_rows = int(work.kept[local].sum())
         score_copies = 3 if cfg.model.attn_implementation == "eager" else (0 if device.gpu else 1)
-        model_flops, hook_flops, activations = _capture_flops(work, local, cfg.compute.micro_batch_tokens,
-                                                              score_copies)
+        model_flops, hook_flops, activations, n_batches = _capture_flops(work, local, cfg.compute.micro_batch_tokens,
+                                                                         score_copies)
         factors = sum(_factor_bytes(m.dims, n_rows, len(local), fb) for m in work.modules)
         unproj = next((len(local) * m.dims.d_in * m.dims.d_out * 8 for m in work.modules
                        if m.name == work.unprojected), 0)
         capture_dev = weights + factors + unproj + activations
         owned = [m for m in plans if m.owner == r]
         held = sum(m.factor_bytes for m in owned)
+        exchange_dev = factors + held if ranks > 1 else factors
         solve_dev = held + max((m.peak_bytes for m in owned), default=0)
         moved = sum(m.factor_bytes for m in plans) * (ranks - 1) / ranks if ranks > 1 else 0.0
 
@@ -436,9 +442,12 @@ def _phases(cfg, work: Workload, plans: list[ModulePlan], device: DeviceProfile,
 
         out += [
             PhasePlan("load", r, 0.0, weights, weights, host_load, load_seconds),
-            PhasePlan("capture", r, model_flops + hook_flops, weights * len(local), capture_dev,
+            # Bytes: the weights read by each micro-batch's forward and backward, and the factors written.
+            PhasePlan("capture", r, model_flops + hook_flops, 2 * weights * n_batches + factors, capture_dev,
                       host(capture_dev), model_flops / dev_rate + hook_flops / device.rate("float64")),
-            PhasePlan("exchange", r, 0.0, moved, factors + held, host(factors + held),
+            # One rank keeps its factors where they are; with more, a rank holds its own prompts' factors of every
+            # module until sent and the whole factors of the modules it owns.
+            PhasePlan("exchange", r, 0.0, moved, exchange_dev, host(exchange_dev),
                       moved / (450e9 if device.gpu else 5e9)),
             PhasePlan("curvature_solve", r, sum(m.flops for m in owned), held, solve_dev, host(solve_dev),
                       sum(m.seconds for m in owned)),

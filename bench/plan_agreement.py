@@ -1,0 +1,95 @@
+"""The planner against measurement on this machine's CPU, at sizes where compute (not Python) dominates.
+
+For each configuration: `make_plan` with the CPU profile (rates measured in this process), then the job itself;
+prints each estimated phase beside the measured one (seconds and the ratio measured/planned), and the peak host
+memory beside the plan's. Configurations:
+
+- kernel: tiny-qwen2, MLP modules at projection factor 4 (D = 8,192 > 2,254 token rows: kernel route);
+- dense: tiny-qwen2, all modules at factor 8 (D ≤ 2,048 < 2,254 rows: dense global, kernel per prompt);
+- capture: a random Qwen2 with hidden 1,024 and 4 layers, 16 sequences of 1,000 tokens (the forward and
+  backward dominate).
+
+Printed last: `curvature_solve measured/planned: <ratios>`. Timings are printed, never asserted; the check is
+that every run passes the job's validation. Run: python bench/plan_agreement.py [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import Agreement
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from influence_job.config import load_config
+from influence_job.pipeline import run_job
+from influence_job.plan import cpu_profile, make_plan, workload
+
+
+def wide_model(path: Path) -> Path:
+    cfg = Qwen2Config(vocab_size=512, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
+                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def long_data(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    with open(path, "w") as fh:
+        for p in range(4):
+            fh.write(json.dumps({"prompt_id": f"p{p}", "prompt_token_ids": rng.integers(0, 256, 100).tolist(),
+                                 "responses": [{"response_token_ids": rng.integers(0, 256, 900).tolist(),
+                                                "reward": (-1.0) ** r} for r in range(4)]}) + "\n")
+    return path
+
+
+def configurations(tmp: Path) -> dict[str, list[str]]:
+    return {
+        "kernel": ["projection.factor=4", "modules=[gate_proj, up_proj, down_proj]"],
+        "dense": ["projection.factor=8"],
+        "capture": [f"model.path={wide_model(tmp / 'wide')}", "model.builtin=null",
+                    f"data.path={long_data(tmp / 'long.jsonl')}", "compute.micro_batch_tokens=4096",
+                    "diagnostics.unprojected_module=null"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help="run one configuration")
+    Agreement.add_argument(ap)
+    args = ap.parse_args()
+    agreement = Agreement(args.bound_scale)
+    ratios = []
+    logging.basicConfig(level=logging.WARNING)
+    profile = cpu_profile()
+    print(f"{profile.source}: " + ", ".join(f"{k} {v / 1e9:.0f} GF/s" for k, v in profile.rates.items()))
+    with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
+        for name, overrides in configurations(Path(tmp)).items():
+            if args.only and name != args.only:
+                continue
+            cfg = load_config(None, [*overrides, "compute.device=cpu"])
+            plan = make_plan(cfg, workload(cfg), profile)
+            results = run_job(cfg, write=False).results
+            perf = results["performance"]
+            agreement.check(f"failed validation checks of the {name} run",
+                            sum(not c["passed"] for c in results["validation"]["checks"]), 1)
+            print(f"[{name}] {' '.join(overrides[:2])}")
+            for phase in ("capture", "curvature_solve", "diagnostics"):
+                measured, planned = perf["phase_seconds"][phase], plan.seconds(phase)
+                print(f"[{name}]   {phase:<16} measured {measured:8.3f} s, planned {planned:8.3f} s, "
+                      f"ratio {measured / max(planned, 1e-9):6.2f}")
+            print(f"[{name}]   peak host        measured {perf['peak_host_mem_bytes'] / 2**30:8.3f} GiB, planned "
+                  f"{plan.peak_host_bytes() / 2**30:8.3f} GiB")
+            ratios.append(perf["phase_seconds"]["curvature_solve"] / max(plan.seconds("curvature_solve"), 1e-9))
+    agreement.finish()
+    print("curvature_solve measured/planned: " + ", ".join(f"{r:.2f}" for r in ratios))
+
+
+if __name__ == "__main__":
+    main()
