@@ -4,8 +4,9 @@ as TokenRows.gram does) against float64 products, at a real module shape, carrie
 For each compute.gram_dtype: the Gram H₀ = Σ_t g_t g_tᵀ, its error ‖ΔH₀‖_F/‖H₀‖_F, the bound ‖ΔH₀‖_F/λ on the
 relative error of H⁻¹ (with H = H₀ + λI: H̃⁻¹ − H⁻¹ = −H̃⁻¹ ΔH₀ H⁻¹, so ‖H̃⁻¹ − H⁻¹‖ ≤ ‖ΔH₀‖‖H⁻¹‖‖H̃⁻¹‖ and
 ‖H⁻¹‖ ≤ 1/λ; the automatic damping λ = 0.1·tr(H₀)/D is what keeps this bound finite: cond(H) ≤ 1 + 10·D), and
-the measured relative errors of what the job reports from it: the HINV block G H⁻¹ Gᵀ of N response sums and the
-solves H⁻¹ gᵣ behind the token scores.
+the measured relative errors of what the job reports from it — the HINV block G H⁻¹ Gᵀ of N response sums and the
+solves H⁻¹ gᵣ behind the token scores — from the cheaper factor alone and after the job's float64 iterative
+refinement (with the refinement's time and steps). The check: refined solves within 1e-10 of float64's.
 
 TF32 on a CPU is emulated: the pair products are rounded to TF32's 10-bit mantissa (round to nearest) before an
 float32 GEMM, as NVIDIA's tensor cores round their inputs and accumulate in float32; on a GPU it is the real
@@ -19,13 +20,14 @@ Default shape: one Qwen2.5-1.5B MLP module at factor 32 (k_out 280, k_in 48, D 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 from common import Agreement
 
 from influence_job import curvature
-from influence_job.curvature import TokenRows, damping_value
+from influence_job.curvature import TokenRows, damping_value, factor
 
 
 def round_tf32_(x: torch.Tensor) -> torch.Tensor:
@@ -69,11 +71,11 @@ def main() -> None:
     k_out, k_in, n = (140, 24, 4096) if args.small else (280, 48, 16384)
     gen = torch.Generator().manual_seed(0)
 
-    def factor(k: int) -> torch.Tensor:
+    def factors(k: int) -> torch.Tensor:
         scale = 1.0 / torch.arange(1, k + 1, dtype=torch.float64)
         return (torch.randn(n, k, generator=gen, dtype=torch.float64) * scale).float().to(device)
 
-    U, V = factor(k_out), factor(k_in)
+    U, V = factors(k_out), factors(k_in)
     D = k_out * k_in
     print(f"device {device}, k_out {k_out}, k_in {k_in} (D {D:,}), {n:,} token rows, {args.responses} responses; "
           f"torch {torch.__version__}")
@@ -87,31 +89,34 @@ def main() -> None:
     lam = damping_value(reference, "auto")
     results = {}
     for dtype in ("float64", "float32", "tf32"):
-        t0 = time.perf_counter()
         rows = TokenRows(U, V, gram_dtype=dtype)
-        if dtype == "tf32" and device.type == "cpu":
-            with emulated_tf32():
-                H0 = rows.gram()
-        else:
-            H0 = rows.gram()
+        t0 = time.perf_counter()
+        with emulated_tf32() if dtype == "tf32" and device.type == "cpu" else contextlib.nullcontext():
+            solver = factor(rows, "auto", "dense", n_rhs=args.responses)
+        seconds = time.perf_counter() - t0
+        # The cheaper factor alone (what the job did before refinement), then the job's refined solves.
+        W = torch.linalg.solve_triangular(solver.L, G.T, upper=False)
+        plain = (W.T @ W, torch.cholesky_solve(G.T, solver.L).T)
+        del W
+        t0 = time.perf_counter()
+        refined = (solver.quad(G), solver.solve(G))
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        H = H0.clone()
-        H.diagonal().add_(lam)
-        L = torch.linalg.cholesky(H)
-        del H
-        W = torch.linalg.solve_triangular(L, G.T, upper=False)
-        quad = W.T @ W
-        solve = torch.cholesky_solve(G.T, L).T
-        results[dtype] = (H0, quad, solve, seconds)
-        del L, W
-    H0, quad, solve, _ = results["float64"]
-    print("| products | Gram time | ‖ΔH₀‖_F/‖H₀‖_F | bound ‖ΔH₀‖_F/λ | HINV block G H⁻¹ Gᵀ | solves H⁻¹ gᵣ |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for dtype, (h, q, z, seconds) in results.items():
+        with emulated_tf32() if dtype == "tf32" and device.type == "cpu" else contextlib.nullcontext():
+            H0 = rows.gram()
+        results[dtype] = (H0, plain, refined, seconds, time.perf_counter() - t0, solver.refinements)
+        del solver
+    H0, (quad, solve), _, _, _, _ = results["float64"]
+    print("| products | Gram + factor | ‖ΔH₀‖_F/‖H₀‖_F | bound ‖ΔH₀‖_F/λ | HINV, factor only | solves, factor only | "
+          "HINV refined | solves refined | refinement (steps) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for dtype, (h, (q, z), (rq, rz), seconds, refine_s, steps) in results.items():
         print(f"| {dtype}{' (emulated)' if dtype == 'tf32' and device.type == 'cpu' else ''} | {seconds:.2f} s | "
-              f"{rel(h, H0):.2e} | {float((h - H0).norm()) / lam:.2e} | {rel(q, quad):.2e} | {rel(z, solve):.2e} |")
+              f"{rel(h, H0):.2e} | {float((h - H0).norm()) / lam:.2e} | {rel(q, quad):.2e} | {rel(z, solve):.2e} | "
+              f"{rel(rq, quad):.2e} | {rel(rz, solve):.2e} | {refine_s:.2f} s ({steps}) |")
+    for dtype, (_, _, (_, rz), _, _, _) in results.items():
+        if dtype != "float64":
+            agreement.check(f"{dtype} refined solves vs float64 (relative)", rel(rz, solve), 1e-10)
     # The reference itself: the float64 pair-product Gram against the Gram of explicit rows, chunk by chunk.
     explicit = torch.zeros(D, D, dtype=torch.float64, device=device)
     for a in range(0, n, 2048):

@@ -190,9 +190,10 @@ class ComputeConfig(_Section):
         "float32", description="Storage dtype of the per-position factors u, v (all modules, all positions)."
     )
     gram_dtype: Literal["float64", "float32", "tf32"] = Field(
-        "float64", description="Dtype of dense token Gram products G_tok^T G_tok (factorisation is float64). "
-        "Measured error at D = 13,440 against float64: float32 ≈ 1e-7, tf32 ≈ 1e-4 relative in HINV and the "
-        "solves (bench/gram_dtype_error.py)."
+        "float64", description="Dtype of the dense token Gram's products G_tok^T G_tok. With float32 or tf32 the "
+        "factor of that Gram only preconditions: every solve is refined in float64 against the exact curvature "
+        "(applied through the factors), so results stay float64 solves, for a few float64 passes over the token "
+        "rows (bench/gram_dtype_error.py measures both); factorisation is float64."
     )
     token_chunk: int = Field(
         4096, ge=1,

@@ -8,16 +8,21 @@ gradients (``ResponseRows``). With K = RRᵀ (n×n) the two exact routes are:
 - dense: H built by GEMM over row chunks, Cholesky-factored: O(n·D² + D³). For token rows the GEMM runs
   over symmetric pair products instead (``TokenRows.gram``): about n·D²/4.
 
-Everything from the factorisation on is float64.
+Everything from the factorisation on is float64. When the dense token Gram's products are float32 or TF32
+(compute.gram_dtype), its factor only preconditions: every solve is refined in float64 against the exact
+operator RᵀR + λI, applied through the factors (iterative refinement), so the results are float64 solves.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 GRAM_DTYPES = {"float64": torch.float64, "float32": torch.float32, "tf32": torch.float32}
 
@@ -102,14 +107,13 @@ class TokenRows:
         return out
 
     def transpose_apply(self, C: torch.Tensor) -> torch.Tensor:
-        """Rᵀ C for C (n×m), returned as (m×D): row j is Σ_t C_tj vec(u_t v_tᵀ)."""
-        k_out, k_in = self.U.shape[1], self.V.shape[1]
-        out = torch.zeros(C.shape[1], k_out, k_in, dtype=torch.float64, device=C.device)
+        """Rᵀ C for C (n×m), returned as (m×D): row j is Σ_t C_tj vec(u_t v_tᵀ). One GEMM per chunk of explicit
+        rows (a three-operand einsum made a t × m × k_out intermediate instead, about 20× slower on the CPU)."""
+        out = torch.zeros(C.shape[1], self.D, dtype=torch.float64, device=C.device)
         for s in range(0, self.n, self.chunk):
             e = min(s + self.chunk, self.n)
-            u, v = self.U[s:e].double(), self.V[s:e].double()
-            out += torch.einsum("tj,to,ti->joi", C[s:e], u, v)
-        return out.reshape(C.shape[1], self.D)
+            out.addmm_(C[s:e].T, self.explicit(s, e))
+        return out
 
     def gram(self) -> torch.Tensor:
         """RᵀR (D×D) from a GEMM over token chunks of symmetric pair products, accumulated in float64.
@@ -209,11 +213,13 @@ class RouteEstimate:
 
 
 def route_estimates(n: int, D: int, row_dim: int, gram_width: int, n_rhs: int, token: bool,
-                    chunk: int = 4096) -> dict[str, RouteEstimate]:
+                    chunk: int = 4096, refine_steps: int = 0) -> dict[str, RouteEstimate]:
     """Both exact routes for n curvature rows of size D and n_rhs right-hand sides (flops: 2 per multiply-add,
     n³/3 for a Cholesky factorisation). ``row_dim`` is the work per entry of the n×n kernel, ``gram_width`` the
     multiply-adds per row of the D×D Gram; ``token`` says the rows are token factors (u_t, v_t), formed in
-    chunks of ``chunk`` rows when a product needs them explicitly."""
+    chunks of ``chunk`` rows when a product needs them explicitly; ``refine_steps`` float64 refinement steps
+    follow each dense solve when the Gram's products are cheaper than float64 (each applies RᵀR through the
+    rows: 4·n·n_rhs·D, and the factor: 2·D²·n_rhs)."""
     rows_chunk = 8 * min(n, chunk) * D if token else 0
     kernel_build = 3 if token else 2
     kernel = RouteEstimate(
@@ -221,9 +227,11 @@ def route_estimates(n: int, D: int, row_dim: int, gram_width: int, n_rhs: int, t
         8 * max(kernel_build * n * n, n * n + 2 * n * n_rhs) + rows_chunk,
     )
     gram = 2.0 * n * gram_width
+    refine = refine_steps * (4.0 * n * n_rhs * D + 2.0 * n_rhs * D * D)
     dense = RouteEstimate(
-        "dense", gram if token else 0.0, (0.0 if token else gram) + 2.0 * n_rhs * D * D + 2.0 * n_rhs * n_rhs * D,
-        D**3 / 3, 8 * (2 * D * D + D * n_rhs),
+        "dense", gram if token else 0.0,
+        (0.0 if token else gram) + 2.0 * n_rhs * D * D + 2.0 * n_rhs * n_rhs * D + refine,
+        D**3 / 3, 8 * (2 * D * D + D * n_rhs) + (rows_chunk + 8 * 3 * D * n_rhs if refine_steps else 0),
     )
     return {"kernel": kernel, "dense": dense}
 
@@ -251,10 +259,19 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+# Refinement steps the estimates assume per solve: measured 3 with float32 products and 5 with (emulated) TF32
+# products at D = 3,360 (bench/gram_dtype_error.py, bench/RESULTS.md).
+REFINE_STEPS_ESTIMATE = 5
+
+
+def refine_steps(token: bool, gram_dtype: str) -> int:
+    return REFINE_STEPS_ESTIMATE if token and gram_dtype != "float64" else 0
+
+
 def rows_estimates(rows, n_rhs: int) -> dict[str, RouteEstimate]:
     token = isinstance(rows, TokenRows)
     return route_estimates(rows.n, rows.D, rows.row_dim, rows.gram_width, n_rhs, token,
-                           rows.chunk if token else 0)
+                           rows.chunk if token else 0, refine_steps(token, getattr(rows, "gram_dtype", "float64")))
 
 
 def choose_route(rows, n_rhs: int, setting: str, limit_bytes: float | None = None) -> str:
@@ -294,13 +311,48 @@ class Solver:
     L: torch.Tensor | None
     ok: bool
     seconds: float
+    refine: bool = False  # L factors a lower-precision Gram: refine every dense solve in float64
+    refinements: int = 0  # refinement steps taken so far
+
+    def apply(self, X: torch.Tensor) -> torch.Tensor:
+        """(H Xᵀ)ᵀ for X (m×D), exact in float64: Rᵀ(R Xᵀ) + λX through the rows, never a D×D matrix."""
+        return self.rows.transpose_apply(self.rows.cross(X)) + self.lam * X
+
+    def _dense_solve(self, B: torch.Tensor) -> torch.Tensor:
+        X = torch.cholesky_solve(B.T, self.L).T
+        if not self.refine:
+            return X
+        # Iterative refinement: the correction shrinks by about ‖ΔH‖/λ per step (1e-4 or less for TF32 products,
+        # bench/RESULTS.md); stop when it is at float64 rounding or stops shrinking.
+        last, size, scale = float("inf"), float("inf"), float(X.norm())
+        for _ in range(REFINE_MAX_STEPS):
+            step = torch.cholesky_solve((B - self.apply(X)).T, self.L).T
+            X = X + step
+            self.refinements += 1
+            size, scale = float(step.norm()), float(X.norm())
+            if size <= REFINED * scale or size > last / 2:
+                break
+            last = size
+        if not size <= REFINE_ACCEPT * scale:
+            self._exact_factor(size / scale)
+            return torch.cholesky_solve(B.T, self.L).T
+        return X
+
+    def _exact_factor(self, stalled_at: float) -> None:
+        """Refinement stalled (the cheaper Gram is too far from H for its factor to precondition it): factor the
+        float64 Gram instead, once, and solve directly from then on."""
+        log.warning("refinement against a %s Gram stalled at %.1e (D = %d); this factorisation uses float64 "
+                    "products instead", self.rows.gram_dtype, stalled_at, self.rows.D)
+        H = TokenRows(self.rows.U, self.rows.V, self.rows.chunk, "float64").gram()
+        H.diagonal().add_(self.lam)
+        self.L, self.refine = torch.linalg.cholesky(H), False
 
     def solve(self, B: torch.Tensor) -> torch.Tensor:
         """(H⁻¹ Bᵀ)ᵀ for B (m×D)."""
         if not self.ok:
             return torch.full_like(B, float("nan"))
         if self.route == "dense":
-            return torch.cholesky_solve(B.T, self.L).T
+            return self._dense_solve(B)
         Y = torch.cholesky_solve(self.rows.cross(B), self.L)
         return (B - self.rows.transpose_apply(Y)) / self.lam
 
@@ -313,15 +365,21 @@ class Solver:
         m = A.shape[0]
         if not self.ok:
             return torch.full((m, m), float("nan"), dtype=torch.float64, device=A.device)
-        if self.route == "dense":
+        if self.route == "dense" and not self.refine:
             W = torch.linalg.solve_triangular(self.L, A.T, upper=False)
             return W.T @ W
-        if offsets is None:
+        if offsets is None or self.route == "dense":
             M = A @ self.solve(A).T
         else:
             Y = torch.cholesky_solve(self.rows.cross(A), self.L)  # (K+λI)⁻¹ K Sᵀ, since R Aᵀ = K Sᵀ
             M = segment_sum(Y, offsets)
         return (M + M.T) / 2
+
+
+U64 = 2.0**-53
+REFINE_MAX_STEPS = 20
+REFINED = 4 * U64  # a correction this small (relative) is float64 rounding: the solve is done
+REFINE_ACCEPT = 1e-12  # a refinement that stalls above this falls back to a float64 Gram
 
 
 def segment_sum(Y: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -346,4 +404,12 @@ def factor(rows, damping, setting: str, n_rhs: int, limit_bytes: float | None = 
     ok = int(info) == 0
     if M.is_cuda:
         torch.cuda.synchronize()
-    return Solver(rows, lam, route, L if ok else None, ok, time.perf_counter() - t0)
+    refine = route == "dense" and getattr(rows, "gram_dtype", "float64") != "float64"
+    if refine and not ok:  # the cheaper Gram is not even positive definite: factor the float64 one
+        log.warning("a %s Gram (D = %d) is not positive definite after damping; this factorisation uses float64 "
+                    "products instead", rows.gram_dtype, rows.D)
+        M = TokenRows(rows.U, rows.V, rows.chunk, "float64").gram()
+        M.diagonal().add_(lam)
+        L, info = torch.linalg.cholesky_ex(M)
+        ok, refine = int(info) == 0, False
+    return Solver(rows, lam, route, L if ok else None, ok, time.perf_counter() - t0, refine=refine)

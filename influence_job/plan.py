@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from influence_job.curvature import RouteEstimate, pick_route, route_estimates, token_gram_width
+from influence_job.curvature import RouteEstimate, pick_route, refine_steps, route_estimates, token_gram_width
 from influence_job.diagnostics import similarity_estimates, similarity_side
 from influence_job.distributed import assign_modules, shard_prompts
 from influence_job.projection import Dims, projected_dims
@@ -284,7 +284,8 @@ def module_estimate(dims: Dims, prompt_rows: list[int], prompt_responses: list[i
                 + e.factor_flops / rate("float64_factor"))
 
     def one(n: int, n_rhs: int) -> tuple[str, str, RouteEstimate]:
-        est = route_estimates(n, dims.D, row_dim, width, n_rhs, token, cfg.compute.token_chunk)
+        est = route_estimates(n, dims.D, row_dim, width, n_rhs, token, cfg.compute.token_chunk,
+                              refine_steps(token, cfg.compute.gram_dtype))
         route, why = pick_route(est, cfg.curvature.solver, limit_bytes, seconds)
         return route, why, est[route]
 
