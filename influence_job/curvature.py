@@ -106,6 +106,14 @@ class TokenRows:
             out[s:e] = self.explicit(s, e) @ X.T
         return out
 
+    def gram_apply(self, X: torch.Tensor) -> torch.Tensor:
+        """(RᵀR Xᵀ)ᵀ for X (m×D), exact in float64, in one pass over chunks of explicit rows."""
+        out = torch.zeros_like(X, dtype=torch.float64)
+        for s in range(0, self.n, self.chunk):
+            rows = self.explicit(s, min(s + self.chunk, self.n))
+            out.addmm_((rows @ X.T).T, rows)
+        return out
+
     def transpose_apply(self, C: torch.Tensor) -> torch.Tensor:
         """Rᵀ C for C (n×m), returned as (m×D): row j is Σ_t C_tj vec(u_t v_tᵀ). One GEMM per chunk of explicit
         rows (a three-operand einsum made a t × m × k_out intermediate instead, about 20× slower on the CPU)."""
@@ -280,16 +288,21 @@ def choose_route(rows, n_rhs: int, setting: str, limit_bytes: float | None = Non
     return pick_route(rows_estimates(rows, n_rhs), setting, limit_bytes, lambda e: e.flops)[0]
 
 
-def free_bytes(device: torch.device) -> float:
+def free_bytes(device: torch.device) -> float | None:
     """Memory a factorisation may take on ``device`` now: free device memory plus what PyTorch's CUDA cache holds
     unused, or the host's MemAvailable on the CPU (None where unknown)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return meminfo_bytes("MemAvailable")
+
+
+def meminfo_bytes(field: str) -> float | None:
+    """A /proc/meminfo field in bytes (None where there is no /proc)."""
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -316,7 +329,7 @@ class Solver:
 
     def apply(self, X: torch.Tensor) -> torch.Tensor:
         """(H Xᵀ)ᵀ for X (m×D), exact in float64: Rᵀ(R Xᵀ) + λX through the rows, never a D×D matrix."""
-        return self.rows.transpose_apply(self.rows.cross(X)) + self.lam * X
+        return self.rows.gram_apply(X) + self.lam * X
 
     def _dense_solve(self, B: torch.Tensor) -> torch.Tensor:
         X = torch.cholesky_solve(B.T, self.L).T

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from influence_job.curvature import RouteEstimate, pick_route, refine_steps, route_estimates, token_gram_width
+from influence_job.curvature import (
+    RouteEstimate,
+    meminfo_bytes,
+    pick_route,
+    refine_steps,
+    route_estimates,
+    token_gram_width,
+)
 from influence_job.diagnostics import similarity_estimates, similarity_side
 from influence_job.distributed import assign_modules, shard_prompts
 from influence_job.projection import Dims, projected_dims
@@ -84,20 +91,9 @@ def cpu_profile() -> DeviceProfile:
     spd = torch.randn(m, m, dtype=torch.float64)
     spd = spd @ spd.T + m * torch.eye(m, dtype=torch.float64)
     rates["float64_factor"] = m**3 / 3 / _median_seconds(lambda: torch.linalg.cholesky(spd), repeats=1)
-    return DeviceProfile("cpu", _mem_total(), rates, 0.0,
+    return DeviceProfile("cpu", meminfo_bytes("MemTotal") or float("inf"), rates, 0.0,
                          f"this machine's CPU, {torch.get_num_threads()} threads, GEMM/Cholesky rates measured now",
                          gpu=False)
-
-
-def _mem_total() -> float:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float("inf")
 
 
 def profile(name: str) -> DeviceProfile:
