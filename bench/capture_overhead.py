@@ -3,7 +3,7 @@ against the plain forward + backward of the same model on the same micro-batches
 objective, no hooks), in one process, alternating, the median of the timed rounds after a warm-up round.
 
 Printed last: `capture vs plain forward+backward: <ratio>x` (tokens/s of each beside it). Timings are printed,
-never asserted. Run: python bench/capture_overhead.py [--device cuda] [--dtype bfloat16] [--small]
+never asserted. Run: python bench/capture_overhead.py [--device cuda] [--dtype bfloat16] [--small | --tiny]
 """
 
 from __future__ import annotations
@@ -58,12 +58,17 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--small", action="store_true", help="a hidden-1,024, 4-layer model and 8 × 1,000 tokens")
+    ap.add_argument("--tiny", action="store_true", help="a hidden-256, 2-layer model and 4 × 300 tokens (the tests)")
     ap.add_argument("--repeats", type=int, default=3)
     Agreement.add_argument(ap)
     args = ap.parse_args()
     agreement = Agreement(args.bound_scale)
     device = torch.device(args.device)
-    if args.small:
+    if args.tiny:
+        config = Qwen2Config(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+        ds = synthetic(2, 2, 50, 250, 512)
+    elif args.small:
         config = Qwen2Config(vocab_size=512, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
                              num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048)
         ds = synthetic(2, 4, 100, 900, 512)

@@ -21,7 +21,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("checkpoint_cost.py", [], "checkpoint save vs module compute"),
     ("token_scores.py", [], "token scores, engine vs previous loop:"),
     ("plan_agreement.py", ["--only", "kernel"], "curvature_solve measured/planned:"),
-    ("capture_overhead.py", ["--small", "--device", "cpu", "--repeats", "1"], "capture vs plain forward+backward:"),
+    ("capture_overhead.py", ["--tiny", "--device", "cpu", "--repeats", "1"], "capture vs plain forward+backward:"),
     ("gram_dtype_error.py", ["--small"], "λ = "),
 ])
 def test_benchmark_runs_and_its_checks_can_fail(script, args, last, tmp_path):
