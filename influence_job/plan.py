@@ -131,7 +131,6 @@ class Workload:
     prompt_of: np.ndarray  # (N,) prompt index of each response
     seq_lengths: np.ndarray  # (N,) prompt + response tokens
     kept: np.ndarray  # (N,) positions whose factors are kept (all positions, or the response's)
-    response_tokens: np.ndarray  # (N,)
     n_prompts: int
     unprojected: str | None = None
 
@@ -171,7 +170,6 @@ def workload_of(cfg, name: str, config, ds, model) -> Workload:
         prompt_of=np.array([r.prompt_index for r in ds.responses]),
         seq_lengths=np.array([r.length for r in ds.responses]),
         kept=np.array([r.length if cfg.positions == "all" else len(r.response_ids) for r in ds.responses]),
-        response_tokens=np.array([len(r.response_ids) for r in ds.responses]),
         n_prompts=len(ds.prompt_ids),
         unprojected=choose_unprojected(cfg.diagnostics.unprojected_module, names),
     )
