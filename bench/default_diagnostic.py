@@ -99,7 +99,7 @@ def main() -> None:
     defaults = JobConfig()
     ap.add_argument("--model-dtype", default=defaults.model.dtype, choices=["float32", "bfloat16", "float64"],
                     help=f"model.dtype (default: the job's default, {defaults.model.dtype})")
-    ap.add_argument("--gram-dtype", default=defaults.compute.gram_dtype, choices=["float64", "float32", "tf32"],
+    ap.add_argument("--gram-dtype", default=defaults.compute.gram_dtype, choices=["auto", "float64", "float32", "tf32"],
                     help=f"compute.gram_dtype (default: the job's default, {defaults.compute.gram_dtype})")
     ap.add_argument("--prompts", type=int, default=12)
     ap.add_argument("--responses", type=int, default=8)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU figure of bench/RESULTS.md in one device call (the device tool allows 15 minutes a session):
 # the machine, the token Gram (float64 and TF32 products), the error of TF32/float32 Gram products, the
-# capture's hook overhead, the default diagnostic on the 1.5B-shaped model (float64 and TF32 Gram products,
-# each beside the planner's estimate), the CLI's default job on the GPU, and the bergson peer when it is
+# capture's hook overhead, the default diagnostic on the 1.5B-shaped model (the default TF32 Gram products
+# refined to float64 solves, and float64 products; each beside the planner's estimate), the CLI's default job on the GPU, and the bergson peer when it is
 # importable. Each step writes $OUT/<step>.txt; a failed or timed-out step does not stop the others.
 #
 # The device machine has no network. The project runs from the working tree (PYTHONPATH), so nothing is
@@ -46,7 +46,7 @@ if [ -n "${SMALL:-}" ]; then
     step token_gram_float64 300 python bench/token_gram.py --small --device cpu --repeats 1
     step gram_dtype_error 300 python bench/gram_dtype_error.py --small
     step capture_overhead 300 python bench/capture_overhead.py --small --device cpu --repeats 1
-    step default_diagnostic_float64 300 python bench/default_diagnostic.py --small --device cpu
+    step default_diagnostic 300 python bench/default_diagnostic.py --small --device cpu
     step cli_default 300 python -m influence_job run -q --set compute.device=cpu --output "$OUT/cli-default"
 else
     step token_gram_float64 120 python bench/token_gram.py --device cuda --dtype float64
@@ -54,8 +54,8 @@ else
     step token_gram_tf32 120 python bench/token_gram.py --device cuda --dtype tf32
     step gram_dtype_error 180 python bench/gram_dtype_error.py --device cuda
     step capture_overhead 180 python bench/capture_overhead.py --device cuda --dtype bfloat16
-    step default_diagnostic_float64 240 python bench/default_diagnostic.py --device cuda
-    step default_diagnostic_tf32 240 python bench/default_diagnostic.py --device cuda --gram-dtype tf32
+    step default_diagnostic 240 python bench/default_diagnostic.py --device cuda
+    step default_diagnostic_float64 240 python bench/default_diagnostic.py --device cuda --gram-dtype float64
     step cli_default 120 python -m influence_job run -q --set compute.device=cuda --output "$OUT/cli-default" \
         --set "metrics.dir=$OUT/metrics"
     # The rank, not the sidecar, reports its GPU's memory (the sidecar is given no GPU): check the series exist.

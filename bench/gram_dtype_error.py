@@ -6,7 +6,8 @@ relative error of H⁻¹ (with H = H₀ + λI: H̃⁻¹ − H⁻¹ = −H̃⁻¹
 ‖H⁻¹‖ ≤ 1/λ; the automatic damping λ = 0.1·tr(H₀)/D is what keeps this bound finite: cond(H) ≤ 1 + 10·D), and
 the measured relative errors of what the job reports from it — the HINV block G H⁻¹ Gᵀ of N response sums and the
 solves H⁻¹ gᵣ behind the token scores — from the cheaper factor alone and after the job's float64 iterative
-refinement (with the refinement's time and steps). The check: refined solves within 1e-10 of float64's.
+refinement (with the refinement's time and steps for each). The checks: refined HINV and solves within 1e-10 of
+float64's.
 
 TF32 on a CPU is emulated: the pair products are rounded to TF32's 10-bit mantissa (round to nearest) before an
 float32 GEMM, as NVIDIA's tensor cores round their inputs and accumulate in float32; on a GPU it is the real
@@ -98,26 +99,30 @@ def main() -> None:
         W = torch.linalg.solve_triangular(solver.L, G.T, upper=False)
         plain = (W.T @ W, torch.cholesky_solve(G.T, solver.L).T)
         del W
-        t0 = time.perf_counter()
-        refined = (solver.quad(G), solver.solve(G))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        refine_seconds = time.perf_counter() - t0
+        timed = []
+        for use in ("quad", "solve"):
+            t0, before = time.perf_counter(), solver.refinements
+            timed.append(getattr(solver, use)(G))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            timed.append((time.perf_counter() - t0, solver.refinements - before))
+        refined, refine_seconds = (timed[0], timed[2]), (timed[1], timed[3])
         with emulated_tf32() if dtype == "tf32" and device.type == "cpu" else contextlib.nullcontext():
             H0 = rows.gram()
-        results[dtype] = (H0, plain, refined, seconds, refine_seconds, solver.refinements)
+        results[dtype] = (H0, plain, refined, seconds, refine_seconds)
         del solver
-    H0, (quad, solve), _, _, _, _ = results["float64"]
+    H0, (quad, solve), _, _, _ = results["float64"]
     print("| products | Gram + factor | ‖ΔH₀‖_F/‖H₀‖_F | bound ‖ΔH₀‖_F/λ | HINV, factor only | solves, factor only | "
-          "HINV refined | solves refined | quad + solve, refined (steps) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for dtype, (h, (q, z), (rq, rz), seconds, refine_s, steps) in results.items():
+          "HINV refined | solves refined | HINV quad: time (steps) | solves: time (steps) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for dtype, (h, (q, z), (rq, rz), seconds, ((qs, qn), (ss, sn))) in results.items():
         print(f"| {dtype}{' (emulated)' if dtype == 'tf32' and device.type == 'cpu' else ''} | {seconds:.2f} s | "
               f"{rel(h, H0):.2e} | {float((h - H0).norm()) / lam:.2e} | {rel(q, quad):.2e} | {rel(z, solve):.2e} | "
-              f"{rel(rq, quad):.2e} | {rel(rz, solve):.2e} | {refine_s:.2f} s ({steps}) |")
-    for dtype, (_, _, (_, rz), _, _, _) in results.items():
+              f"{rel(rq, quad):.2e} | {rel(rz, solve):.2e} | {qs:.2f} s ({qn}) | {ss:.2f} s ({sn}) |")
+    for dtype, (_, _, (rq, rz), _, _) in results.items():
         if dtype != "float64":
             agreement.check(f"{dtype} refined solves vs float64 (relative)", rel(rz, solve), 1e-10)
+            agreement.check(f"{dtype} refined HINV vs float64 (relative)", rel(rq, quad), 1e-10)
     # The reference itself: the float64 pair-product Gram against the Gram of explicit rows, chunk by chunk.
     explicit = torch.zeros(D, D, dtype=torch.float64, device=device)
     for a in range(0, n, 2048):

@@ -7,7 +7,13 @@ memory beside the plan's. Configurations:
 - kernel: tiny-qwen2, MLP modules at projection factor 4 (D = 8,192 > 2,254 token rows: kernel route);
 - dense: tiny-qwen2, all modules at factor 8 (D ≤ 2,048 < 2,254 rows: dense global, kernel per prompt);
 - capture: a random Qwen2 with hidden 1,024 and 4 layers, 16 sequences of 1,000 tokens (the forward and
-  backward dominate).
+  backward dominate);
+- refined: the same with float32 Gram products refined to float64 solves (compute.gram_dtype: float32), the
+  planner's refinement steps against the job's;
+- deep: a random Qwen2 with Qwen2.5-1.5B's 28 layers (hidden 256), the same data: the diagnostics (one layer's
+  modules) against the solves (all 28 layers') at the real model's depth.
+
+For each: the diagnostics' share of the solves, measured and planned.
 
 Printed last: `curvature_solve measured/planned: <ratios>`. Timings are printed, never asserted; the check is
 that every run passes the job's validation. Run: python bench/plan_agreement.py [--only NAME]
@@ -31,8 +37,8 @@ from influence_job.pipeline import run_job
 from influence_job.plan import cpu_profile, make_plan, workload
 
 
-def wide_model(path: Path) -> Path:
-    cfg = Qwen2Config(vocab_size=512, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
+def random_model(path: Path, hidden: int, intermediate: int, layers: int) -> Path:
+    cfg = Qwen2Config(vocab_size=512, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048)
     torch.manual_seed(0)
     Qwen2ForCausalLM(cfg).save_pretrained(path)
@@ -49,13 +55,22 @@ def long_data(path: Path) -> Path:
     return path
 
 
-def configurations(tmp: Path) -> dict[str, list[str]]:
+def configurations(tmp: Path, only: str | None) -> dict[str, list[str]]:
+    """Each configuration's overrides, its models and data written under ``tmp`` when it will run."""
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
+    long = [f"data.path={long_data(tmp / 'long.jsonl')}", "compute.micro_batch_tokens=4096"]
+    wide = ([f"model.path={random_model(tmp / 'wide', 1024, 2816, 4)}", "model.builtin=null", *long]
+            if wanted("capture") or wanted("refined") else [])
+    deep = ([f"model.path={random_model(tmp / 'deep', 256, 1024, 28)}", "model.builtin=null", *long]
+            if wanted("deep") else [])
     return {
         "kernel": ["projection.factor=4", "modules=[gate_proj, up_proj, down_proj]"],
         "dense": ["projection.factor=8"],
-        "capture": [f"model.path={wide_model(tmp / 'wide')}", "model.builtin=null",
-                    f"data.path={long_data(tmp / 'long.jsonl')}", "compute.micro_batch_tokens=4096",
-                    "diagnostics.unprojected_module=null"],
+        "capture": [*wide, "diagnostics.unprojected_module=null"],
+        "refined": [*wide, "diagnostics.unprojected_module=null", "compute.gram_dtype=float32"],
+        "deep": [*deep, "projection.factor=16"],
     }
 
 
@@ -70,7 +85,7 @@ def main() -> None:
     profile = cpu_profile()
     print(f"{profile.source}: " + ", ".join(f"{k} {v / 1e9:.0f} GF/s" for k, v in profile.rates.items()))
     with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
-        for name, overrides in configurations(Path(tmp)).items():
+        for name, overrides in configurations(Path(tmp), args.only).items():
             if args.only and name != args.only:
                 continue
             cfg = load_config(None, [*overrides, "compute.device=cpu"])
@@ -79,13 +94,18 @@ def main() -> None:
             perf = results["performance"]
             agreement.check(f"failed validation checks of the {name} run",
                             sum(not c["passed"] for c in results["validation"]["checks"]), 1)
-            print(f"[{name}] {' '.join(overrides[:2])}")
+            print(f"[{name}] {' '.join(o for o in overrides if 'path=' not in o)}")
             for phase in ("capture", "curvature_solve", "diagnostics"):
                 measured, planned = perf["phase_seconds"][phase], plan.seconds(phase)
                 print(f"[{name}]   {phase:<16} measured {measured:8.3f} s, planned {planned:8.3f} s, "
                       f"ratio {measured / max(planned, 1e-9):6.2f}")
             print(f"[{name}]   peak host        measured {perf['peak_host_mem_bytes'] / 2**30:8.3f} GiB, planned "
                   f"{plan.peak_host_bytes() / 2**30:8.3f} GiB")
+            share = [perf["phase_seconds"]["diagnostics"] / perf["phase_seconds"]["curvature_solve"],
+                     plan.seconds("diagnostics") / max(plan.seconds("curvature_solve"), 1e-9)]
+            steps = sum(m["refinement_steps"] for m in results["modules"])
+            print(f"[{name}]   diagnostics/solves measured {share[0]:.3f}, planned {share[1]:.3f}; "
+                  f"refinement steps {steps}")
             ratios.append(perf["phase_seconds"]["curvature_solve"] / max(plan.seconds("curvature_solve"), 1e-9))
     agreement.finish()
     print("curvature_solve measured/planned: " + ", ".join(f"{r:.2f}" for r in ratios))

@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 GRAM_DTYPES = {"float64": torch.float64, "float32": torch.float32, "tf32": torch.float32}
 
 
+def resolve_gram_dtype(setting: str, on_gpu: bool) -> str:
+    """compute.gram_dtype for a device: 'auto' is TF32 products (refined to float64 solves) on a GPU, where a TF32
+    GEMM runs about 4× the float64 rate (DESIGN.md: 227 against ≈ 57 TF/s on an H200), and float64 on a CPU,
+    where float32 GEMMs are at most 2× faster and refinement costs more than that saves (bench/RESULTS.md)."""
+    if setting != "auto":
+        return setting
+    return "tf32" if on_gpu else "float64"
+
+
 class _AllowTf32:
     """Let CUDA float32 matmuls use TF32 inside the block (the 'tf32' Gram dtype)."""
 
@@ -98,29 +107,70 @@ class TokenRows:
         U, V = self.U.double(), self.V.double()
         return (U @ other.U.double().T) * (V @ other.V.double().T)
 
+    def _factored(self, m: int) -> int | None:
+        """Token rows per step when products with m right-hand sides should go through the factors, else None.
+
+        Through the factors the multiply-adds are those of explicit rows (2·n·m·D per product), but the memory
+        traffic beside the GEMM is n·m·min(k_out, k_in) values instead of the n·D of forming explicit rows: less
+        when m < max(k_out, k_in). Measured on the CPU (bench/token_products.py): 10.5-10.8× faster at D 13,440
+        with 8 right-hand sides, 1.16× with 96; 0.5-0.7× at D 840 with 96 (70 × 12), where explicit rows are kept.
+        A step's t × m × min(k_out, k_in) intermediate holds no more values than a chunk of explicit rows."""
+        k_small, k_big = sorted((self.U.shape[1], self.V.shape[1]))
+        return max(1, self.chunk * self.D // (m * k_small)) if m < k_big else None
+
     def cross(self, X: torch.Tensor) -> torch.Tensor:
-        """R Xᵀ for X (m×D): (n×m)."""
-        out = torch.empty(self.n, X.shape[0], dtype=torch.float64, device=X.device)
-        for s in range(0, self.n, self.chunk):
-            e = min(s + self.chunk, self.n)
-            out[s:e] = self.explicit(s, e) @ X.T
+        """R Xᵀ for X (m×D): (n×m). Through the factors, row t is u_tᵀ X_j v_t for each X_j (X's row j as a
+        k_out × k_in matrix): one GEMM of the larger factor with all the X_j side by side, then a product with the
+        smaller factor summed over its index."""
+        m, k_out, k_in = X.shape[0], self.U.shape[1], self.V.shape[1]
+        out = torch.empty(self.n, m, dtype=torch.float64, device=X.device)
+        step = self._factored(m)
+        if step is None:
+            for s in range(0, self.n, self.chunk):
+                e = min(s + self.chunk, self.n)
+                out[s:e] = self.explicit(s, e) @ X.T
+            return out
+        X = X.double().view(m, k_out, k_in)
+        big, small, Xr = ((self.U, self.V, X.permute(1, 0, 2).reshape(k_out, m * k_in)) if k_in <= k_out
+                          else (self.V, self.U, X.permute(2, 0, 1).reshape(k_in, m * k_out)))
+        for s in range(0, self.n, step):
+            e = min(s + step, self.n)
+            Y = (big[s:e].double() @ Xr).view(e - s, m, -1)
+            out[s:e] = Y.mul_(small[s:e].double()[:, None, :]).sum(-1)
         return out
 
+    def transpose_apply(self, C: torch.Tensor) -> torch.Tensor:
+        """Rᵀ C for C (n×m), returned as (m×D): row j is Σ_t C_tj vec(u_t v_tᵀ) = vec(Uᵀ diag(C_j) V). Through the
+        factors, for all j at once: one GEMM of the larger factor with the smaller one scaled by each column of C
+        (a three-operand einsum made this a t × m × k_out intermediate without a GEMM, about 20× slower on the
+        CPU)."""
+        m, k_out, k_in = C.shape[1], self.U.shape[1], self.V.shape[1]
+        step = self._factored(m)
+        if step is None:
+            out = torch.zeros(m, self.D, dtype=torch.float64, device=C.device)
+            for s in range(0, self.n, self.chunk):
+                e = min(s + self.chunk, self.n)
+                out.addmm_(C[s:e].T, self.explicit(s, e))
+            return out
+        swap = k_in > k_out
+        big, small = (self.V, self.U) if swap else (self.U, self.V)
+        acc = torch.zeros(big.shape[1], m * small.shape[1], dtype=torch.float64, device=C.device)
+        for s in range(0, self.n, step):
+            e = min(s + step, self.n)
+            W = (C[s:e, :, None] * small[s:e].double()[:, None, :]).reshape(e - s, -1)
+            acc.addmm_(big[s:e].double().T, W)
+        acc = acc.view(big.shape[1], m, small.shape[1])
+        return (acc.permute(1, 2, 0) if swap else acc.permute(1, 0, 2)).reshape(m, self.D)
+
     def gram_apply(self, X: torch.Tensor) -> torch.Tensor:
-        """(RᵀR Xᵀ)ᵀ for X (m×D), exact in float64, in one pass over chunks of explicit rows."""
+        """(RᵀR Xᵀ)ᵀ for X (m×D), exact in float64: Rᵀ(R Xᵀ), through the factors or, where explicit rows are
+        cheaper (``_factored``), in one pass over chunks of them."""
+        if self._factored(X.shape[0]) is not None:
+            return self.transpose_apply(self.cross(X))
         out = torch.zeros_like(X, dtype=torch.float64)
         for s in range(0, self.n, self.chunk):
             rows = self.explicit(s, min(s + self.chunk, self.n))
             out.addmm_((rows @ X.T).T, rows)
-        return out
-
-    def transpose_apply(self, C: torch.Tensor) -> torch.Tensor:
-        """Rᵀ C for C (n×m), returned as (m×D): row j is Σ_t C_tj vec(u_t v_tᵀ). One GEMM per chunk of explicit
-        rows (a three-operand einsum made a t × m × k_out intermediate instead, about 20× slower on the CPU)."""
-        out = torch.zeros(C.shape[1], self.D, dtype=torch.float64, device=C.device)
-        for s in range(0, self.n, self.chunk):
-            e = min(s + self.chunk, self.n)
-            out.addmm_(C[s:e].T, self.explicit(s, e))
         return out
 
     def gram(self) -> torch.Tensor:
@@ -239,7 +289,7 @@ def route_estimates(n: int, D: int, row_dim: int, gram_width: int, n_rhs: int, t
     dense = RouteEstimate(
         "dense", gram if token else 0.0,
         (0.0 if token else gram) + 2.0 * n_rhs * D * D + 2.0 * n_rhs * n_rhs * D + refine,
-        D**3 / 3, 8 * (2 * D * D + D * n_rhs) + (rows_chunk + 8 * 3 * D * n_rhs if refine_steps else 0),
+        D**3 / 3, 8 * (2 * D * D + D * n_rhs) + (rows_chunk + 8 * 4 * D * n_rhs if refine_steps else 0),
     )
     return {"kernel": kernel, "dense": dense}
 
@@ -267,25 +317,27 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-# Refinement steps the estimates assume per solve: measured 3 with float32 products and 5 with (emulated) TF32
-# products at D = 3,360 (bench/gram_dtype_error.py, bench/RESULTS.md).
-REFINE_STEPS_ESTIMATE = 5
+# Refinement steps (exact applications of H) the estimates assume: a solve took 3 after float32 products and 4
+# after (emulated) TF32 products, the HINV quadratic form 2 after either (bench/gram_dtype_error.py,
+# bench/RESULTS.md); the solve's count is rounded up for TF32 on real tensor cores.
+REFINE_STEPS_ESTIMATE = {"quad": 2, "solve": 5}
 
 
-def refine_steps(token: bool, gram_dtype: str) -> int:
-    return REFINE_STEPS_ESTIMATE if token and gram_dtype != "float64" else 0
+def refine_steps(token: bool, gram_dtype: str, quad: bool = True) -> int:
+    """Steps for a factorisation whose solves serve the quadratic form A H⁻¹ Aᵀ (quad) or plain solves."""
+    return REFINE_STEPS_ESTIMATE["quad" if quad else "solve"] if token and gram_dtype != "float64" else 0
 
 
-def rows_estimates(rows, n_rhs: int) -> dict[str, RouteEstimate]:
+def rows_estimates(rows, n_rhs: int, quad: bool = True) -> dict[str, RouteEstimate]:
     token = isinstance(rows, TokenRows)
-    return route_estimates(rows.n, rows.D, rows.row_dim, rows.gram_width, n_rhs, token,
-                           rows.chunk if token else 0, refine_steps(token, getattr(rows, "gram_dtype", "float64")))
+    return route_estimates(rows.n, rows.D, rows.row_dim, rows.gram_width, n_rhs, token, rows.chunk if token else 0,
+                           refine_steps(token, getattr(rows, "gram_dtype", "float64"), quad))
 
 
-def choose_route(rows, n_rhs: int, setting: str, limit_bytes: float | None = None) -> str:
+def choose_route(rows, n_rhs: int, setting: str, limit_bytes: float | None = None, quad: bool = True) -> str:
     """The route ``factor`` takes: by the flop counts at equal rates (the planner, plan.py, applies a device's
     rates to the same estimates), among the routes whose working set fits ``limit_bytes``."""
-    return pick_route(rows_estimates(rows, n_rhs), setting, limit_bytes, lambda e: e.flops)[0]
+    return pick_route(rows_estimates(rows, n_rhs, quad), setting, limit_bytes, lambda e: e.flops)[0]
 
 
 def free_bytes(device: torch.device) -> float | None:
@@ -351,6 +403,33 @@ class Solver:
             return torch.cholesky_solve(B.T, self.L).T
         return X
 
+    def _refined_quad(self, A: torch.Tensor) -> torch.Tensor:
+        """A H⁻¹ Aᵀ from refined solves, with its error second order in theirs.
+
+        With X = A H⁻¹ + E (rows are solves) and the exact residual P = A − X H = −E H (``apply``, float64),
+        A Xᵀ + X Pᵀ = A H⁻¹ Aᵀ − E H Eᵀ; and the correction C = P H̃⁻¹ ≈ −E gives E H Eᵀ ≈ C Pᵀ. So
+        A Xᵀ + (X + C) Pᵀ is off by about ρ·‖E‖²_H (ρ the refinement's contraction, ‖ΔH‖/λ at most): where a solve
+        needs about four exact applications of H after TF32 products, this quadratic form needs two.
+        Stops when the second-order term itself is at float64 rounding of the result, or stops shrinking.
+        """
+        X = torch.cholesky_solve(A.T, self.L).T
+        last, size, scale = float("inf"), float("inf"), 1.0
+        for _ in range(REFINE_MAX_STEPS):
+            P = A - self.apply(X)
+            C = torch.cholesky_solve(P.T, self.L).T
+            self.refinements += 1
+            second = C @ P.T  # ≈ E H Eᵀ
+            M = A @ X.T + X @ P.T + second
+            size, scale = float(second.norm()), float(M.norm())
+            if size <= REFINED * scale or size > last / 2:
+                break
+            last, X = size, X + C
+        if not size <= REFINE_ACCEPT * scale:
+            self._exact_factor(size / scale)
+            W = torch.linalg.solve_triangular(self.L, A.T, upper=False)
+            return W.T @ W
+        return M
+
     def _exact_factor(self, stalled_at: float) -> None:
         """Refinement stalled (the cheaper Gram is too far from H for its factor to precondition it): factor the
         float64 Gram instead, once, and solve directly from then on."""
@@ -381,7 +460,9 @@ class Solver:
         if self.route == "dense" and not self.refine:
             W = torch.linalg.solve_triangular(self.L, A.T, upper=False)
             return W.T @ W
-        if offsets is None or self.route == "dense":
+        if self.route == "dense":
+            M = self._refined_quad(A)
+        elif offsets is None:
             M = A @ self.solve(A).T
         else:
             Y = torch.cholesky_solve(self.rows.cross(A), self.L)  # (K+λI)⁻¹ K Sᵀ, since R Aᵀ = K Sᵀ
@@ -403,12 +484,12 @@ def segment_sum(Y: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return out.index_add_(0, seg, Y)
 
 
-def factor(rows, damping, setting: str, n_rhs: int, limit_bytes: float | None = None) -> Solver:
-    """Damp and factor the curvature of ``rows`` by the chosen route (see choose_route); failures are recorded,
-    not raised."""
+def factor(rows, damping, setting: str, n_rhs: int, limit_bytes: float | None = None, quad: bool = True) -> Solver:
+    """Damp and factor the curvature of ``rows`` by the chosen route (see choose_route), for ``n_rhs`` right-hand
+    sides of a quadratic form A H⁻¹ Aᵀ (``quad``) or of plain solves; failures are recorded, not raised."""
     t0 = time.perf_counter()
     lam = damping_value(rows, damping)
-    route = choose_route(rows, n_rhs, setting, limit_bytes)
+    route = choose_route(rows, n_rhs, setting, limit_bytes, quad)
     if not lam > 0:
         return Solver(rows, lam, route, None, False, time.perf_counter() - t0)
     M = rows.kernel() if route == "kernel" else rows.gram()

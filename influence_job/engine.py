@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from influence_job.capture import Capture, ModuleFactors
-from influence_job.curvature import ResponseRows, TokenRows, factor, free_bytes
+from influence_job.curvature import ResponseRows, TokenRows, factor, free_bytes, resolve_gram_dtype
 from influence_job.influence import contrast_coefficients, token_scores
 
 
@@ -57,12 +57,15 @@ class ModuleResult:
     factorisations: int
     failed: int
     seconds: float
+    gram_dtype: str | None  # products of the dense token Gram (None: no dense token Gram was built)
+    refinements: int  # exact applications of H by float64 refinement, over all its factorisations
 
 
 def module_rows(mf: ModuleFactors, source: str, compute_cfg, layout: Layout):
     """The module's curvature rows, and offsets: response r's gradient is the sum of rows [off[r], off[r+1])."""
     if source == "token":
-        return TokenRows(mf.U, mf.V, compute_cfg.token_chunk, compute_cfg.gram_dtype), layout.row_offsets
+        gram_dtype = resolve_gram_dtype(compute_cfg.gram_dtype, mf.U.is_cuda)
+        return TokenRows(mf.U, mf.V, compute_cfg.token_chunk, gram_dtype), layout.row_offsets
     return ResponseRows(mf.G), torch.arange(mf.G.shape[0] + 1)
 
 
@@ -74,12 +77,13 @@ def process_module(mf: ModuleFactors, layout: Layout, cfg) -> ModuleResult:
     rows, offsets = module_rows(mf, curv.source, cfg.compute, layout)
     limit = free_bytes(G.device)  # 'auto' takes a route whose working set fits what is free now
     raw = G @ G.T
-    routes, failed, factorisations = [], 0, 0
+    routes, failed, factorisations, solvers = [], 0, 0, []
     damping = float("nan")
     if curv.scope == "global":
         solver = factor(rows, curv.damping, curv.solver, n_rhs=N, limit_bytes=limit)
         hinv = solver.quad(G, offsets)
         routes.append(solver.route)
+        solvers.append(solver)
         failed += not solver.ok
         factorisations += 1
         damping = solver.lam
@@ -92,8 +96,9 @@ def process_module(mf: ModuleFactors, layout: Layout, cfg) -> ModuleResult:
     for s, e in layout.prompt_bounds if per_prompt else []:
         rows_p = rows.segment(int(offsets[s]), int(offsets[e]))
         solver = factor(rows_p, curv.damping, curv.solver, n_rhs=N if curv.scope == "per_prompt" else e - s,
-                        limit_bytes=limit)
+                        limit_bytes=limit, quad=curv.scope == "per_prompt")
         routes.append(solver.route)
+        solvers.append(solver)
         failed += not solver.ok
         factorisations += 1
         if curv.scope == "per_prompt":
@@ -110,7 +115,9 @@ def process_module(mf: ModuleFactors, layout: Layout, cfg) -> ModuleResult:
     if G.is_cuda:
         torch.cuda.synchronize()
     route = routes[0] if len(set(routes)) == 1 else "mixed(" + ",".join(sorted(set(routes))) + ")"
+    dense_token = isinstance(rows, TokenRows) and "dense" in routes
     return ModuleResult(
         raw=raw, hinv=hinv, scores=scores, route=route, damping=damping, factorisations=factorisations,
-        failed=failed, seconds=time.perf_counter() - t0,
+        failed=failed, seconds=time.perf_counter() - t0, gram_dtype=rows.gram_dtype if dense_token else None,
+        refinements=sum(s.refinements for s in solvers),
     )

@@ -526,4 +526,5 @@ def _module_record(mf: ModuleFactors, res, diagnostic_seconds: float) -> dict:
         "hessian_peak_mb": mf.dims.hessian_peak_mb, "solver": res.route,
         "damping": res.damping, "solve_seconds": res.seconds, "diagnostic_seconds": diagnostic_seconds,
         "factorisations": res.factorisations, "failed_factorisations": res.failed,
+        "gram_dtype": res.gram_dtype, "refinement_steps": res.refinements,
     }

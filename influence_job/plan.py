@@ -25,6 +25,7 @@ from influence_job.curvature import (
     meminfo_bytes,
     pick_route,
     refine_steps,
+    resolve_gram_dtype,
     route_estimates,
     token_gram_width,
 )
@@ -262,7 +263,8 @@ def _secs(x: float) -> str:
 
 
 def module_estimate(dims: Dims, prompt_rows: list[int], prompt_responses: list[int], cfg,
-                    rate=lambda kind: 1.0, limit_bytes: float | None = None) -> tuple[str, str, float, float, int]:
+                    rate=lambda kind: 1.0, limit_bytes: float | None = None,
+                    on_gpu: bool = False) -> tuple[str, str, float, float, int]:
     """(route, why, flops, seconds, peak bytes) of one module's curvature + solves: the global factorisation (scope
     global) and one per prompt (scope per_prompt, or for the influence rows), as engine.process_module does them.
     Routes are chosen as the engine chooses them (curvature.pick_route) but timed with the device's rates."""
@@ -271,24 +273,25 @@ def module_estimate(dims: Dims, prompt_rows: list[int], prompt_responses: list[i
     rows = sum(prompt_rows) if token else N
     row_dim = dims.k_in + dims.k_out if token else dims.D
     width = token_gram_width(dims.k_out, dims.k_in) if token else dims.D * dims.D
-    gram_kind = {"float64": "float64", "float32": "float32", "tf32": "tf32"}[cfg.compute.gram_dtype]
+    gram_kind = resolve_gram_dtype(cfg.compute.gram_dtype, on_gpu)  # also the name of its rate
 
     def seconds(e: RouteEstimate) -> float:
         return (e.gram_flops / rate(gram_kind) + e.fp64_flops / rate("float64")
                 + e.factor_flops / rate("float64_factor"))
 
-    def one(n: int, n_rhs: int) -> tuple[str, str, RouteEstimate]:
+    def one(n: int, n_rhs: int, quad: bool) -> tuple[str, str, RouteEstimate]:
         est = route_estimates(n, dims.D, row_dim, width, n_rhs, token, cfg.compute.token_chunk,
-                              refine_steps(token, cfg.compute.gram_dtype))
+                              refine_steps(token, gram_kind, quad))
         route, why = pick_route(est, cfg.curvature.solver, limit_bytes, seconds)
         return route, why, est[route]
 
     runs = []
     if cfg.curvature.scope == "global":
-        runs.append(one(rows, N))
+        runs.append(one(rows, N, True))
     if cfg.curvature.scope == "per_prompt" or cfg.influence.enabled:
         for n_p, r_p in zip(prompt_rows if token else prompt_responses, prompt_responses, strict=True):
-            runs.append(one(n_p, N if cfg.curvature.scope == "per_prompt" else r_p))
+            per_prompt = cfg.curvature.scope == "per_prompt"
+            runs.append(one(n_p, N if per_prompt else r_p, per_prompt))
     route, why, _ = runs[0]
     flops = sum(e.flops for _, _, e in runs) + 2.0 * N * N * dims.D  # + the RAW Gram G Gᵀ
     secs = sum(seconds(e) for _, _, e in runs) + 2.0 * N * N * dims.D / rate("float64")
@@ -324,7 +327,8 @@ def make_plan(cfg, work: Workload, device: DeviceProfile, ranks: int = 1, baseli
     limit = device.memory_bytes * 0.9
     plans = []
     for m in work.modules:
-        route, why, flops, secs, peak = module_estimate(m.dims, prompt_rows, prompt_resp, cfg, device.rate, limit)
+        route, why, flops, secs, peak = module_estimate(m.dims, prompt_rows, prompt_resp, cfg, device.rate, limit,
+                                                        device.gpu)
         plans.append(ModulePlan(m.name, m.kind, m.dims.D, route, why, flops, secs, peak,
                                 _factor_bytes(m.dims, T, N, fb)))
     _plan_diagnostics(cfg, work, plans, prompt_rows, prompt_resp, device, limit)

@@ -55,3 +55,24 @@ def test_gram_width_counts_pairs():
     # Qwen2.5-1.5B MLP at factor 32: 280 × 48 outputs/inputs → D = 13,440 and D² ≈ 1.8e8 per token row.
     assert token_gram_width(280, 48) == 39_340 * 1_176
     assert token_gram_width(280, 48) < (280 * 48) ** 2 / 3.9
+
+
+@pytest.mark.parametrize("k_out,k_in", [(7, 3), (3, 7), (5, 5)])
+@pytest.mark.parametrize("m", [1, 2, 6, 9])  # below and at or above max(k_out, k_in): factors, then explicit rows
+@pytest.mark.parametrize("chunk", [4, 1000])
+def test_products_with_right_hand_sides_equal_explicit_rows(k_out, k_in, m, chunk):
+    """R Xᵀ, Rᵀ C and RᵀR Xᵀ, whichever way TokenRows computes them, against explicit rows vec(u_t v_tᵀ)."""
+    gen = torch.Generator().manual_seed(k_out * 100 + k_in * 10 + m)
+    n = 23
+    U = torch.randn(n, k_out, dtype=torch.float64, generator=gen)
+    V = torch.randn(n, k_in, dtype=torch.float64, generator=gen)
+    X = torch.randn(m, k_out * k_in, dtype=torch.float64, generator=gen)
+    C = torch.randn(n, m, dtype=torch.float64, generator=gen)
+    rows = TokenRows(U.float(), V.float(), chunk=chunk)  # stored as the capture stores them: float32
+    R32 = torch.stack([torch.outer(u, v).reshape(-1) for u, v in zip(U.float().double(), V.float().double(),
+                                                                      strict=True)])
+    for got, want in ((rows.cross(X), R32 @ X.T), (rows.transpose_apply(C), C.T @ R32),
+                      (rows.gram_apply(X), X @ R32.T @ R32)):
+        assert got.dtype == torch.float64 and got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-13, atol=1e-13 * float(want.abs().max()))
+    assert (rows._factored(m) is None) == (m >= max(k_out, k_in))

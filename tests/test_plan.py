@@ -47,23 +47,38 @@ def _cfg(**sections) -> JobConfig:
     return JobConfig.model_validate(sections)
 
 
-def test_real_shape_counts_by_hand(real_data):
-    """Qwen2.5-1.5B at factor 32 on one H200, the default configuration: the counts of one MLP module, computed
-    here from DESIGN.md's shapes, and the capture's activation memory of one micro-batch."""
-    cfg = _cfg(model={"builtin": "qwen2.5-1.5b-random"}, data={"path": str(real_data)})
+@pytest.mark.parametrize("gram_dtype", ["auto", "float64"])
+def test_real_shape_counts_by_hand(real_data, gram_dtype):
+    """Qwen2.5-1.5B at factor 32 on one H200, the default configuration (TF32 Gram products refined to float64
+    solves, 'auto' on a GPU) and float64 products: the counts of one MLP module, computed here from DESIGN.md's
+    shapes, and the capture's activation memory of one micro-batch."""
+    cfg = _cfg(model={"builtin": "qwen2.5-1.5b-random"}, data={"path": str(real_data)},
+               compute={"gram_dtype": gram_dtype})
     work = workload(cfg)
     plan = make_plan(cfg, work, PROFILES["h200"], baseline_host=0.0)
     gate = next(m for m in plan.modules if m.name.endswith("layers.0.mlp.gate_proj"))
     assert gate.D == 280 * 48 == 13_440
     N, n, D = PROMPTS * RESPONSES, RESPONSES * SEQ, 13_440
     # Global curvature over all 89,088 token rows: the dense route (T > D), pair-product Gram, Cholesky, N solves.
-    dense = 2 * T * n_pairs(280) * n_pairs(48) + 2 * N * D * D + 2 * N * N * D + D**3 / 3
+    gram = 2 * T * n_pairs(280) * n_pairs(48)
+    dense = gram + 2 * N * D * D + 2 * N * N * D + D**3 / 3
+    # TF32 products: HINV's quadratic form refined in two steps, each an exact product through the token rows
+    # (R X then Rᵀ(R X): 4·T·N·D) and a solve with the factor (2·N·D²); the steps hold a 4,096-row chunk of
+    # explicit rows and four N × D arrays beside the two D×D ones.
+    steps = 2 if gram_dtype == "auto" else 0
+    dense += steps * (4 * T * N * D + 2 * N * D * D)
     # Per prompt (the influence rows): 7,424 rows < D, the kernel route with the prompt's 8 responses.
     kernel = 2 * n * n * (280 + 48) + 4 * n * RESPONSES * D + 4 * n * n * RESPONSES + n**3 / 3
     raw = 2 * N * N * D
     assert gate.route == "mixed(dense,kernel)"
     assert gate.flops == pytest.approx(dense + PROMPTS * kernel + raw, rel=1e-12)
-    assert gate.peak_bytes == 8 * (2 * D * D + D * N)  # the dense route's two D×D float64 arrays
+    refine_bytes = 8 * (4096 * D + 4 * D * N) if steps else 0
+    assert gate.peak_bytes == 8 * (2 * D * D + D * N) + refine_bytes  # the dense route's two D×D float64 arrays
+    gram_rate = {"auto": 227e12, "float64": 0.85 * 67e12}[gram_dtype]
+    kernel_seconds = PROMPTS * ((kernel - n**3 / 3) / (0.85 * 67e12) + n**3 / 3 / 31e12)
+    seconds = (gram / gram_rate + (dense - gram - D**3 / 3 + raw) / (0.85 * 67e12) + D**3 / 3 / 31e12
+               + kernel_seconds)
+    assert gate.seconds == pytest.approx(seconds, rel=1e-12)
     # q_proj (D = 2,304): dense everywhere, since every prompt has more rows (7,424) than D.
     q = next(m for m in plan.modules if m.name.endswith("layers.0.self_attn.q_proj"))
     assert (q.D, q.route) == (2_304, "dense")

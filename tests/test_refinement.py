@@ -13,7 +13,7 @@ from conftest import exact_config
 from tolerances import SOLVE_RTOL, rel_err
 
 from influence_job import curvature, pipeline
-from influence_job.curvature import TokenRows, factor
+from influence_job.curvature import TokenRows, factor, resolve_gram_dtype
 
 
 def round_tf32_(x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,35 @@ def test_refined_solves_are_float64_solves(rows_and_rhs, products, monkeypatch):
     assert 0 < cheap.refinements <= 2 * 10  # two solves, a handful of steps each
 
 
-def test_a_stalled_refinement_falls_back_to_float64(rows_and_rhs, monkeypatch, caplog):
+def test_the_quadratic_form_is_refined_to_second_order(rows_and_rhs, monkeypatch):
+    """HINV's A H⁻¹ Aᵀ from emulated-TF32 products against an explicit float64 D×D solve of explicit rows: a float64
+    result in fewer exact applications of H than the solves take, because its error is quadratic in theirs."""
+    U, V, A = rows_and_rhs
+    R = (U[:, :, None] * V[:, None, :]).reshape(U.shape[0], -1)
+    H = R.T @ R
+    H.diagonal().add_(0.1 * float(H.trace()) / H.shape[0])  # the automatic damping, from DESIGN.md
+    want = A @ torch.linalg.solve(H, A.T)
+    real = curvature._pair_rows
+    monkeypatch.setattr(curvature, "_pair_rows", lambda *a: round_tf32_(real(*a)))
+    cheap = factor(TokenRows(U, V, gram_dtype="tf32"), "auto", "dense", n_rhs=6)
+    got = cheap.quad(A)
+    quad_steps = cheap.refinements
+    assert rel_err(got, want) <= SOLVE_RTOL
+    assert torch.equal(got, got.T)
+    cheap.solve(A)
+    solve_steps = cheap.refinements - quad_steps
+    assert rel_err(cheap.solve(A), torch.linalg.solve(H, A.T).T) <= SOLVE_RTOL
+    assert 0 < quad_steps < solve_steps
+
+
+def test_auto_gram_products_are_tf32_on_a_gpu_and_float64_on_a_cpu():
+    assert resolve_gram_dtype("auto", on_gpu=True) == "tf32"
+    assert resolve_gram_dtype("auto", on_gpu=False) == "float64"
+    assert resolve_gram_dtype("float32", on_gpu=True) == "float32"
+
+
+@pytest.mark.parametrize("use", ["solve", "quad"])
+def test_a_stalled_refinement_falls_back_to_float64(rows_and_rhs, monkeypatch, caplog, use):
     """A preconditioner too far from H (here 0.3 × the Gram) makes the corrections grow: the solver says so and
     factors the float64 Gram instead."""
     U, V, A = rows_and_rhs
@@ -59,9 +87,9 @@ def test_a_stalled_refinement_falls_back_to_float64(rows_and_rhs, monkeypatch, c
     monkeypatch.setattr(TokenRows, "gram", lambda self: real(self) * (0.3 if self.gram_dtype != "float64" else 1.0))
     cheap = factor(TokenRows(U, V, gram_dtype="float32"), "auto", "dense", n_rhs=6)
     with caplog.at_level(logging.WARNING, logger="influence_job.curvature"):
-        got = cheap.solve(A)
+        got = getattr(cheap, use)(A)
     assert "stalled" in caplog.text and not cheap.refine
-    assert rel_err(got, exact.solve(A)) <= SOLVE_RTOL
+    assert rel_err(got, getattr(exact, use)(A)) <= SOLVE_RTOL
 
 
 def test_a_gram_that_is_not_positive_definite_falls_back_to_float64(rows_and_rhs, monkeypatch, caplog):
@@ -85,5 +113,9 @@ def test_a_run_with_float32_gram_products_gives_the_float64_results(tiny_model_d
         runs[dtype] = pipeline.run_job(cfg, write=False)
     a, b = runs["float32"], runs["float64"]
     assert rel_err(a.hinv, b.hinv) <= SOLVE_RTOL
+    # Each module's record says which products its dense Gram used and how many refinement steps it took.
+    cheap = [m for m in a.results["modules"] if m["gram_dtype"] is not None]
+    assert cheap and all(m["gram_dtype"] == "float32" and m["refinement_steps"] > 0 for m in cheap)
+    assert all(m["refinement_steps"] == 0 for m in b.results["modules"])
     ok = np.isfinite(b.rows["scores"])
     assert rel_err(a.rows["scores"][ok], b.rows["scores"][ok]) <= SOLVE_RTOL
