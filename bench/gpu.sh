@@ -45,6 +45,7 @@ for name in ["transformers", "pydantic", "yaml", "prometheus_client", "tqdm", "p
 if [ -n "${SMALL:-}" ]; then
     step token_gram_float64 300 python bench/token_gram.py --small --device cpu --repeats 1
     step gram_dtype_error 300 python bench/gram_dtype_error.py --small
+    step token_products 120 python bench/token_products.py --small
     step capture_overhead 300 python bench/capture_overhead.py --small --device cpu --repeats 1
     step default_diagnostic 300 python bench/default_diagnostic.py --small --device cpu
     step cli_default 300 python -m influence_job run -q --set compute.device=cpu --output "$OUT/cli-default"
@@ -52,6 +53,7 @@ else
     step token_gram_float64 120 python bench/token_gram.py --device cuda --dtype float64
     step token_scores 120 python bench/token_scores.py --device cuda
     step token_gram_tf32 120 python bench/token_gram.py --device cuda --dtype tf32
+    step token_products 120 python bench/token_products.py --device cuda
     step gram_dtype_error 180 python bench/gram_dtype_error.py --device cuda
     step capture_overhead 180 python bench/capture_overhead.py --device cuda --dtype bfloat16
     step default_diagnostic 240 python bench/default_diagnostic.py --device cuda

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 NOT_IN_FINGERPRINT = {
     "output": None,
     "metrics": None,
-    "compute": {"device", "micro_batch_tokens", "token_chunk", "timeout_seconds"},
+    "compute": {"device", "micro_batch_tokens", "token_chunk", "timeout_seconds", "gram_dtype"},
     "data": {"path"},
     "model": {"path"},
 }
