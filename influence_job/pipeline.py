@@ -47,7 +47,14 @@ from influence_job.influence import score_summary
 from influence_job.metrics import JobMetrics, host_peak_rss_bytes
 from influence_job.model import layer_index, load_model, open_model, select_modules
 from influence_job.outputs import check_target, json_safe, npz_bytes, write_output_dir
-from influence_job.plan import device_profile, make_plan, module_estimate, workload_of
+from influence_job.plan import (
+    device_profile,
+    diagnostic_flops,
+    make_plan,
+    module_estimate,
+    similarity_layers,
+    workload_of,
+)
 from influence_job.progress import Progress
 from influence_job.report import render_report
 from influence_job.report_html import render_html
@@ -225,10 +232,10 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, weights
         local = _capture(cfg, local_shard(ds, comm), weights.pop("model"), [selected[i] for i in remaining],
                          unprojected_left, device, metrics)
         del selected  # the model's weights are released here: the factors are all the later stages need
+    sim_layers = similarity_layers(cfg, [layer_index(name) for name in names])
     with phases("exchange"):
-        cap, layout, owned = exchange_stage(cfg, ds, local, remaining, comm)
+        cap, layout, owned = exchange_stage(cfg, ds, local, remaining, sim_layers, comm)
     with phases("curvature_solve"):
-        sim_layers = _similarity_layers(cfg, [layer_index(name) for name in names])
         diagnostic_seconds = solve_stage(owned, layout, ds.arrays()["prompt_index"], sim_layers, cfg, store,
                                          metrics, n_modules)
     phases.book_apart("curvature_solve", "diagnostics", diagnostic_seconds)
@@ -295,19 +302,34 @@ def open_store(cfg: JobConfig, fp: dict | None, n_modules: int, fresh: bool, wri
     return ckpt
 
 
-def exchange_stage(cfg: JobConfig, ds: Dataset, local, remaining: list[int], comm: Comm):
+def exchange_stage(cfg: JobConfig, ds: Dataset, local, remaining: list[int], sim_layers: set, comm: Comm):
     """Every rank's per-response metadata to every rank, and each remaining module's factors to its owner
-    (owners balance the estimated cost). Returns the merged metadata, the layout, and this rank's modules
-    as (module index, factors, exact gradients of the comparison module or None)."""
+    (owners balance the estimated flops of each module's solves and of the diagnostics run beside them). Returns
+    the merged metadata, the layout, and this rank's modules as (module index, factors, exact gradients of the
+    comparison module or None)."""
     arrays = ds.arrays()
     cap, n_resp, n_rows = merge_metadata(local, comm)
     layout = make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
     per_prompt = [(int(cap.row_offsets[e] - cap.row_offsets[s]), e - s) for s, e in layout.prompt_bounds]
     rows, responses = [r for r, _ in per_prompt], [n for _, n in per_prompt]
-    costs = [module_estimate(mf.dims, rows, responses, cfg)[2] for mf in local.modules]
-    owners = assign_modules(costs, comm.world)
+    owners = None
+    if comm.is_root:  # one assignment for all ranks (a CPU's rates are measured, so they differ between ranks)
+        owners = assign_modules(module_seconds(cfg, local, rows, responses, sim_layers, comm.device), comm.world)
+    owners = comm.all_gather_object(owners, "share the modules' owners")[0]
     owned = exchange_modules(local, owners, n_resp, n_rows, comm)
     return cap, layout, [(remaining[j], mf, exact) for j, mf, exact in owned]
+
+
+def module_seconds(cfg: JobConfig, local, rows: list[int], responses: list[int], sim_layers: set,
+                   device: torch.device) -> list[float]:
+    """Each module's estimated seconds on this device: its solves and the diagnostics that run beside them (in
+    time, not flops: TF32 Gram products and float64 diagnostics run at different rates)."""
+    profile = device_profile(device)
+    similarity = cfg.diagnostics.curvature_similarity and len(rows) > 1
+    return [module_estimate(mf.dims, rows, responses, cfg, profile.rate, on_gpu=profile.gpu)[3]
+            + diagnostic_flops(cfg, mf.dims, similarity and mf.layer in sim_layers,
+                               mf.name == local.unprojected_name, rows, responses) / profile.rate("float64")
+            for mf in local.modules]
 
 
 def solve_stage(owned, layout, prompt_index: np.ndarray, sim_layers: set, cfg: JobConfig, store,
@@ -441,13 +463,6 @@ def _data_warnings(cfg: JobConfig, rows: dict[str, np.ndarray]) -> list[str]:
     for text in warnings:
         log.warning("warning: %s", text)
     return warnings
-
-
-def _similarity_layers(cfg: JobConfig, module_layers: list) -> set:
-    layers = set(module_layers)
-    if cfg.diagnostics.curvature_similarity_layers == "all" or None in layers:
-        return layers
-    return {(max(layers) + 1) // 2}
 
 
 def _influence_rows(ds: Dataset, cap, layout, scores: np.ndarray, enabled: bool) -> dict[str, np.ndarray]:

@@ -224,6 +224,9 @@ class PhasePlan:
     seconds: float
 
 
+INTERLEAVED = ("curvature_solve", "diagnostics")  # one loop per rank: a module's diagnostics follow its solves
+
+
 @dataclass
 class Plan:
     device: DeviceProfile
@@ -234,9 +237,17 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
     def seconds(self, phase: str | None = None) -> float:
-        """Estimated wall time: the slowest rank of each phase (ranks wait for each other between phases)."""
-        names = [phase] if phase else list(dict.fromkeys(p.phase for p in self.phases))
-        return sum(max(p.seconds for p in self.phases if p.phase == n) for n in names)
+        """Estimated wall time of a phase (its slowest rank) or of the run: ranks wait for each other between
+        phases, except that each rank's diagnostics run in its curvature loop, module by module, so those two
+        phases count as one (the slowest rank's sum)."""
+        if phase:
+            return max(p.seconds for p in self.phases if p.phase == phase)
+        names = [n for n in dict.fromkeys(p.phase for p in self.phases) if n not in INTERLEAVED]
+        loop: dict[int, float] = {}
+        for p in self.phases:
+            if p.phase in INTERLEAVED:
+                loop[p.rank] = loop.get(p.rank, 0.0) + p.seconds
+        return sum(self.seconds(n) for n in names) + max(loop.values(), default=0.0)
 
     def peak_device_bytes(self) -> float:
         return max(p.peak_device_bytes for p in self.phases)
@@ -332,7 +343,7 @@ def make_plan(cfg, work: Workload, device: DeviceProfile, ranks: int = 1, baseli
         plans.append(ModulePlan(m.name, m.kind, m.dims.D, route, why, flops, secs, peak,
                                 _factor_bytes(m.dims, T, N, fb)))
     _plan_diagnostics(cfg, work, plans, prompt_rows, prompt_resp, device, limit)
-    for m, owner in zip(plans, assign_modules([m.flops for m in plans], ranks), strict=True):
+    for m, owner in zip(plans, assign_modules([m.seconds + m.diagnostic_seconds for m in plans], ranks), strict=True):
         m.owner = owner
     phases = _phases(cfg, work, plans, device, ranks, baseline, fb, mb)
     plan = Plan(device, ranks, plans, phases)
@@ -350,25 +361,41 @@ def _rss_now() -> float:
         return 0.0
 
 
+def diagnostic_flops(cfg, dims: Dims, similarity: bool, unprojected: bool, prompt_rows: list[int],
+                     prompt_responses: list[int], limit_bytes: float | None = None) -> float:
+    """Flops of one module's diagnostics, run beside its solves: the curvature similarity (``similarity``: the
+    module is in the similarity's layers and there are two prompts or more), by the side the engine takes, and the
+    unprojected comparison (``unprojected``: it is the comparison's module) — its exact Gram and the sketch
+    bound's d_out² and d_in² Grams."""
+    flops = 0.0
+    if similarity:
+        token = cfg.curvature.source == "token"
+        rows = prompt_rows if token else prompt_responses
+        row_dim = dims.k_in + dims.k_out if token else dims.D
+        flops += similarity_estimates(rows, dims.D, row_dim)[similarity_side(rows, dims.D, row_dim, limit_bytes)][0]
+    if unprojected:
+        N = sum(prompt_responses)
+        flops += 2.0 * N * N * dims.d_in * dims.d_out + 2.0 * N * dims.d_out * dims.d_in * (dims.d_out + dims.d_in)
+    return flops
+
+
+def similarity_layers(cfg, module_layers) -> set:
+    """The layers whose modules the curvature similarity runs on: the middle one, or all (or all when modules have
+    no layer)."""
+    layers = set(module_layers)
+    if cfg.diagnostics.curvature_similarity_layers == "all" or None in layers:
+        return layers
+    return {(max(layers) + 1) // 2}
+
+
 def _plan_diagnostics(cfg, work: Workload, plans: list[ModulePlan], prompt_rows, prompt_resp, device, limit) -> None:
-    """Curvature similarity (modules of the middle layer, or all) and the unprojected comparison's flops."""
-    layers = {m.layer for m in work.modules}
-    middle = layers if (cfg.diagnostics.curvature_similarity_layers == "all" or None in layers) \
-        else {(max(layers) + 1) // 2}
-    token = cfg.curvature.source == "token"
-    rows = prompt_rows if token else prompt_resp
+    """Each module's diagnostic flops and time."""
+    layers = similarity_layers(cfg, [m.layer for m in work.modules])
     for shape, plan in zip(work.modules, plans, strict=True):
-        flops = 0.0
-        if cfg.diagnostics.curvature_similarity and shape.layer in middle and work.n_prompts > 1:
-            row_dim = shape.dims.k_in + shape.dims.k_out if token else shape.dims.D
-            side = similarity_side(rows, shape.dims.D, row_dim, limit)
-            flops += similarity_estimates(rows, shape.dims.D, row_dim)[side][0]
-        if shape.name == work.unprojected:
-            d = shape.dims
-            N = len(work.prompt_of)
-            flops += 2.0 * N * N * d.d_in * d.d_out + 2.0 * N * d.d_out * d.d_in * (d.d_out + d.d_in)
-        plan.diagnostic_flops = flops
-        plan.diagnostic_seconds = flops / device.rate("float64")
+        similarity = cfg.diagnostics.curvature_similarity and shape.layer in layers and work.n_prompts > 1
+        plan.diagnostic_flops = diagnostic_flops(cfg, shape.dims, similarity, shape.name == work.unprojected,
+                                                 prompt_rows, prompt_resp, limit)
+        plan.diagnostic_seconds = plan.diagnostic_flops / device.rate("float64")
 
 
 def _capture_flops(work: Workload, ranks_resp: np.ndarray, micro_batch_tokens: int,

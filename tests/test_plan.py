@@ -18,6 +18,7 @@ from tolerances import MODEL_RTOL, rel_err
 from influence_job import engine, pipeline
 from influence_job.config import JobConfig
 from influence_job.curvature import RouteEstimate, TokenRows, choose_route, factor, n_pairs, pick_route
+from influence_job.distributed import assign_modules
 from influence_job.plan import PROFILES, GiB, make_plan, workload
 
 PROMPTS, RESPONSES, PROMPT_TOKENS, RESPONSE_TOKENS = 12, 8, 153, 775  # the default diagnostic's shape
@@ -328,3 +329,26 @@ def test_the_model_is_released_before_the_curvature_stage(tiny_model_dir, tiny_d
     monkeypatch.setattr(pipeline, "load_inputs", load)
     monkeypatch.setattr(pipeline, "process_module", process)
     assert pipeline.run_job(cfg, write=False).results["validation"]["passed"]
+
+
+def test_ranks_balance_solves_and_the_diagnostics_beside_them(real_data):
+    """On 8 ranks the curvature similarity (the middle layer's modules) costs about as much as a module's solves:
+    modules are assigned by both, in estimated seconds, and the run's time counts each rank's curvature loop (its
+    solves and its diagnostics, interleaved module by module) as one."""
+    cfg = _cfg(model={"builtin": "qwen2.5-1.5b-random"}, data={"path": str(real_data)})
+    plan = make_plan(cfg, workload(cfg), PROFILES["h200"], ranks=8)
+
+    def loads(owners) -> list[float]:
+        out = [0.0] * 8
+        for m, r in zip(plan.modules, owners, strict=True):
+            out[r] += m.seconds + m.diagnostic_seconds
+        return out
+
+    by_solves_alone = assign_modules([m.seconds for m in plan.modules], 8)
+    ours = loads([m.owner for m in plan.modules])
+    assert max(ours) < max(loads(by_solves_alone)) - 0.1  # one MLP module's solves: 0.14 s
+    mlp = lambda r: sum(m.owner == r and "mlp" in m.name for m in plan.modules)  # noqa: E731
+    busy = {m.owner for m in plan.modules if m.diagnostic_seconds > 0.1}
+    assert busy and all(mlp(r) < mlp(q) for r in busy for q in set(range(8)) - busy)
+    other = sum(plan.seconds(p) for p in ("load", "capture", "exchange"))
+    assert plan.seconds() == pytest.approx(other + max(ours), rel=1e-12)
