@@ -29,7 +29,7 @@ def test_benchmark_runs_and_its_checks_can_fail(script, args, last, tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
                           timeout=900, cwd=BENCH.parent, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[-1].startswith(last), proc.stdout
     assert "agreement ok:" in proc.stdout and "FAILED" not in proc.stdout
