@@ -304,7 +304,7 @@ def open_store(cfg: JobConfig, fp: dict | None, n_modules: int, fresh: bool, wri
 
 def exchange_stage(cfg: JobConfig, ds: Dataset, local, remaining: list[int], sim_layers: set, comm: Comm):
     """Every rank's per-response metadata to every rank, and each remaining module's factors to its owner
-    (owners balance the estimated flops of each module's solves and of the diagnostics run beside them). Returns
+    (owners balance the estimated seconds of each module's solves and of the diagnostics run beside them). Returns
     the merged metadata, the layout, and this rank's modules as (module index, factors, exact gradients of the
     comparison module or None)."""
     arrays = ds.arrays()
