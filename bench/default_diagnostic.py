@@ -6,12 +6,15 @@ prompt's responses accepted. Runs the default diagnostic (token curvature, globa
 response-source diagnostic, and prints wall time by phase, curvature+solve time, capture throughput
 (tokens/s through forward+backward with projection), peak GPU and host memory, each beside the
 original system's figure or the issue's target. The model and Gram dtypes default to the job's own
-defaults (float32 model, float64 Gram products): by default this measures the default diagnostic; other
-dtypes by flag. Beside each phase's measured time and share of the wall time it prints the planner's estimate
-(plan.py) of the same configuration on the same device, and the diagnostics' cost relative to the solves.
+defaults (float32 model, `compute.gram_dtype: auto`: TF32 products refined to float64 solves on a GPU where
+they save time, float64 on a CPU): by default this measures the default diagnostic; other dtypes by flag.
+Beside each phase's measured time and share of the wall time it prints the planner's estimate (plan.py) of the
+same configuration on the same device, and the diagnostics' cost relative to the solves. --plan-only h200|h100
+prints the planner's estimate of the same runs on that GPU and runs nothing (any machine).
 Timings are printed, never asserted; the one check is that every run passes the job's own validation (the
 script exits 1 otherwise).
 Run: python bench/default_diagnostic.py [--small] [--device cuda] [--model-dtype bfloat16] [--gram-dtype tf32]
+     python bench/default_diagnostic.py --plan-only h200     (the planner's figures in bench/RESULTS.md)
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from common import Agreement
 from influence_job.config import JobConfig
 from influence_job.model import builtin_config
 from influence_job.pipeline import run_job
-from influence_job.plan import Plan, device_profile, make_plan, workload
+from influence_job.plan import Plan, device_profile, make_plan, profile, render, workload
 
 ORIGINAL = {"wall": 3674.0, "solve": 990.0, "gpu_gb": 142.0, "host_gb": 774.0}
 
@@ -49,15 +52,19 @@ def synthetic_data(path: Path, vocab: int, prompts: int, responses: int, tokens:
     return path
 
 
-def run(model: str, data: Path, device: str, dtype: str, gram_dtype: str, source: str, out: Path) -> tuple[dict, Plan]:
-    """The job's results, and the planner's estimate of the same configuration on this device (made first)."""
-    cfg = JobConfig.model_validate({
+def config(model: str, data: Path, device: str, dtype: str, gram_dtype: str, source: str, out: Path) -> JobConfig:
+    return JobConfig.model_validate({
         "model": {"builtin": model, "dtype": dtype},
         "data": {"path": str(data)},
         "curvature": {"source": source},
         "compute": {"device": device, "gram_dtype": gram_dtype},
         "output": {"dir": str(out)},
     })
+
+
+def run(model: str, data: Path, device: str, dtype: str, gram_dtype: str, source: str, out: Path) -> tuple[dict, Plan]:
+    """The job's results, and the planner's estimate of the same configuration on this device (made first)."""
+    cfg = config(model, data, device, dtype, gram_dtype, source, out)
     plan = make_plan(cfg, workload(cfg), device_profile(torch.device(device)))
     return run_job(cfg, write=False).results, plan
 
@@ -104,6 +111,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=12)
     ap.add_argument("--responses", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=1024)
+    ap.add_argument("--plan-only", choices=["h200", "h100"],
+                    help="print the planner's estimate of these runs on that GPU, run nothing")
     Agreement.add_argument(ap)
     args = ap.parse_args()
     agreement = Agreement(args.bound_scale)
@@ -115,6 +124,11 @@ def main() -> None:
           f"{prompts} prompts × {responses} responses × ~{tokens} tokens; Gram products in {args.gram_dtype}")
     with tempfile.TemporaryDirectory(prefix="bench-default-") as tmp:
         data = synthetic_data(Path(tmp) / "data.jsonl", builtin_config(model).vocab_size, prompts, responses, tokens)
+        if args.plan_only:
+            for source in ("token", "response"):
+                cfg = config(model, data, "cuda", args.model_dtype, args.gram_dtype, source, Path(tmp) / source)
+                print(f"\n== {source} source\n" + render(make_plan(cfg, workload(cfg), profile(args.plan_only))))
+            return
         both = {source: run(model, data, args.device, args.model_dtype, args.gram_dtype, source, Path(tmp) / source)
                 for source in ("token", "response")}
     runs = {source: r for source, (r, _) in both.items()}

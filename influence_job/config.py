@@ -194,8 +194,9 @@ class ComputeConfig(_Section):
         "factor of that Gram only preconditions: every solve is refined in float64 against the exact curvature "
         "(applied through the factors), so results stay float64 solves (a refinement that stalls falls back to "
         "float64 products), for a few float64 passes over the token rows (bench/gram_dtype_error.py measures "
-        "both); factorisation is float64. 'auto': tf32 on CUDA, where its products are about 4x faster than "
-        "float64's, float64 on the CPU, where cheaper products save nothing."
+        "both); factorisation is float64. 'auto', per factorisation: tf32 on CUDA where the products it saves "
+        "(about 4x faster than float64's) outweigh the refinement steps it adds, else float64; float64 on the CPU, "
+        "where cheaper products save nothing."
     )
     token_chunk: int = Field(
         4096, ge=1,

@@ -24,16 +24,29 @@ import torch
 
 log = logging.getLogger(__name__)
 
-GRAM_DTYPES = {"float64": torch.float64, "float32": torch.float32, "tf32": torch.float32}
+# 'auto' is resolved per factorisation (resolve_gram_dtype); a Gram built outside one (diagnostics) is float64.
+GRAM_DTYPES = {"float64": torch.float64, "float32": torch.float32, "tf32": torch.float32, "auto": torch.float64}
 
 
-def resolve_gram_dtype(setting: str, on_gpu: bool) -> str:
-    """compute.gram_dtype for a device: 'auto' is TF32 products (refined to float64 solves) on a GPU, where a TF32
-    GEMM runs about 4× the float64 rate (DESIGN.md: 227 against ≈ 57 TF/s on an H200), and float64 on a CPU,
-    where float32 GEMMs are at most 2× faster and refinement costs more than that saves (bench/RESULTS.md)."""
+# A TF32 GEMM against a float64 one on an H100/H200: DESIGN.md measured the Gram at 52 ms in TF32 and 219 ms in
+# float32, and the GH100's float64 tensor-core peak equals its float32 peak (67 TF/s).
+TF32_SPEEDUP = 4.0
+
+
+def resolve_gram_dtype(setting: str, on_gpu: bool, n: int, D: int, gram_width: int, n_rhs: int,
+                       quad: bool) -> str:
+    """compute.gram_dtype for one dense token factorisation (n rows, D, ``gram_width`` multiply-adds per row of the
+    Gram, n_rhs right-hand sides of a quadratic form or of solves). 'auto': float64 on a CPU, where cheaper products
+    save nothing (bench/RESULTS.md); on a GPU TF32 when the Gram's products it saves, 2·n·gram_width·(1 − 1/4) at
+    the float64 rate, outweigh the float64 refinement steps it adds, else float64 (small modules, many right-hand
+    sides)."""
     if setting != "auto":
         return setting
-    return "tf32" if on_gpu else "float64"
+    if not on_gpu:
+        return "float64"
+    saved = 2.0 * n * gram_width * (1 - 1 / TF32_SPEEDUP)
+    added = REFINE_STEPS_ESTIMATE["quad" if quad else "solve"] * (4.0 * n * n_rhs * D + 2.0 * n_rhs * D * D)
+    return "tf32" if saved > added else "float64"
 
 
 class _AllowTf32:
@@ -107,8 +120,9 @@ class TokenRows:
         U, V = self.U.double(), self.V.double()
         return (U @ other.U.double().T) * (V @ other.V.double().T)
 
-    def _factored(self, m: int) -> int | None:
-        """Token rows per step when products with m right-hand sides should go through the factors, else None.
+    def _factored(self, m: int, force: bool | None = None) -> int | None:
+        """Token rows per step when products with m right-hand sides should go through the factors (or ``force``
+        says so), else None.
 
         Through the factors the multiply-adds are those of explicit rows (2·n·m·D per product), but the memory
         traffic beside the GEMM is n·m·min(k_out, k_in) values instead of the n·D of forming explicit rows: less
@@ -116,15 +130,16 @@ class TokenRows:
         with 8 right-hand sides, 1.16× with 96; 0.5-0.7× at D 840 with 96 (70 × 12), where explicit rows are kept.
         A step's t × m × min(k_out, k_in) intermediate holds no more values than a chunk of explicit rows."""
         k_small, k_big = sorted((self.U.shape[1], self.V.shape[1]))
-        return max(1, self.chunk * self.D // (m * k_small)) if m < k_big else None
+        use = m < k_big if force is None else force
+        return max(1, self.chunk * self.D // (m * k_small)) if use else None
 
-    def cross(self, X: torch.Tensor) -> torch.Tensor:
+    def cross(self, X: torch.Tensor, through_factors: bool | None = None) -> torch.Tensor:
         """R Xᵀ for X (m×D): (n×m). Through the factors, row t is u_tᵀ X_j v_t for each X_j (X's row j as a
         k_out × k_in matrix): one GEMM of the larger factor with all the X_j side by side, then a product with the
-        smaller factor summed over its index."""
+        smaller factor summed over its index. ``through_factors``: force one way (None: the cheaper, ``_factored``)."""
         m, k_out, k_in = X.shape[0], self.U.shape[1], self.V.shape[1]
         out = torch.empty(self.n, m, dtype=torch.float64, device=X.device)
-        step = self._factored(m)
+        step = self._factored(m, through_factors)
         if step is None:
             for s in range(0, self.n, self.chunk):
                 e = min(s + self.chunk, self.n)
@@ -139,13 +154,13 @@ class TokenRows:
             out[s:e] = Y.mul_(small[s:e].double()[:, None, :]).sum(-1)
         return out
 
-    def transpose_apply(self, C: torch.Tensor) -> torch.Tensor:
+    def transpose_apply(self, C: torch.Tensor, through_factors: bool | None = None) -> torch.Tensor:
         """Rᵀ C for C (n×m), returned as (m×D): row j is Σ_t C_tj vec(u_t v_tᵀ) = vec(Uᵀ diag(C_j) V). Through the
         factors, for all j at once: one GEMM of the larger factor with the smaller one scaled by each column of C
         (a three-operand einsum made this a t × m × k_out intermediate without a GEMM, about 20× slower on the
-        CPU)."""
+        CPU). ``through_factors`` as in ``cross``."""
         m, k_out, k_in = C.shape[1], self.U.shape[1], self.V.shape[1]
-        step = self._factored(m)
+        step = self._factored(m, through_factors)
         if step is None:
             out = torch.zeros(m, self.D, dtype=torch.float64, device=C.device)
             for s in range(0, self.n, self.chunk):
@@ -233,13 +248,13 @@ class ResponseRows:
     def cross_kernel(self, other: ResponseRows) -> torch.Tensor:
         return self.G @ other.G.T
 
-    def cross(self, X: torch.Tensor) -> torch.Tensor:
+    def cross(self, X: torch.Tensor, through_factors: bool | None = None) -> torch.Tensor:
         return self.G @ X.T
 
     def explicit(self, start: int, stop: int) -> torch.Tensor:
         return self.G[start:stop]
 
-    def transpose_apply(self, C: torch.Tensor) -> torch.Tensor:
+    def transpose_apply(self, C: torch.Tensor, through_factors: bool | None = None) -> torch.Tensor:
         return C.T @ self.G
 
     def gram(self) -> torch.Tensor:
@@ -488,6 +503,9 @@ def factor(rows, damping, setting: str, n_rhs: int, limit_bytes: float | None = 
     """Damp and factor the curvature of ``rows`` by the chosen route (see choose_route), for ``n_rhs`` right-hand
     sides of a quadratic form A H⁻¹ Aᵀ (``quad``) or of plain solves; failures are recorded, not raised."""
     t0 = time.perf_counter()
+    if isinstance(rows, TokenRows) and rows.gram_dtype == "auto":
+        rows = TokenRows(rows.U, rows.V, rows.chunk, resolve_gram_dtype(
+            "auto", rows.U.is_cuda, rows.n, rows.D, rows.gram_width, n_rhs, quad))
     lam = damping_value(rows, damping)
     route = choose_route(rows, n_rhs, setting, limit_bytes, quad)
     if not lam > 0:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from influence_job.capture import Capture, ModuleFactors
-from influence_job.curvature import ResponseRows, TokenRows, factor, free_bytes, resolve_gram_dtype
+from influence_job.curvature import ResponseRows, TokenRows, factor, free_bytes
 from influence_job.influence import contrast_coefficients, token_scores
 
 
@@ -64,8 +64,8 @@ class ModuleResult:
 def module_rows(mf: ModuleFactors, source: str, compute_cfg, layout: Layout):
     """The module's curvature rows, and offsets: response r's gradient is the sum of rows [off[r], off[r+1])."""
     if source == "token":
-        gram_dtype = resolve_gram_dtype(compute_cfg.gram_dtype, mf.U.is_cuda)
-        return TokenRows(mf.U, mf.V, compute_cfg.token_chunk, gram_dtype), layout.row_offsets
+        # 'auto' stays: each factorisation resolves it for its size (curvature.resolve_gram_dtype).
+        return TokenRows(mf.U, mf.V, compute_cfg.token_chunk, compute_cfg.gram_dtype), layout.row_offsets
     return ResponseRows(mf.G), torch.arange(mf.G.shape[0] + 1)
 
 
@@ -115,9 +115,10 @@ def process_module(mf: ModuleFactors, layout: Layout, cfg) -> ModuleResult:
     if G.is_cuda:
         torch.cuda.synchronize()
     route = routes[0] if len(set(routes)) == 1 else "mixed(" + ",".join(sorted(set(routes))) + ")"
-    dense_token = isinstance(rows, TokenRows) and "dense" in routes
+    products = sorted({s.rows.gram_dtype for s in solvers if s.route == "dense" and isinstance(s.rows, TokenRows)})
+    gram_dtype = None if not products else products[0] if len(products) == 1 else f"mixed({','.join(products)})"
     return ModuleResult(
         raw=raw, hinv=hinv, scores=scores, route=route, damping=damping, factorisations=factorisations,
-        failed=failed, seconds=time.perf_counter() - t0, gram_dtype=rows.gram_dtype if dense_token else None,
+        failed=failed, seconds=time.perf_counter() - t0, gram_dtype=gram_dtype,
         refinements=sum(s.refinements for s in solvers),
     )

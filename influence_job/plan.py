@@ -269,6 +269,11 @@ class Plan:
                 + (f"; {len(self.warnings)} warning(s)" if self.warnings else ""))
 
 
+def _t(x: float) -> str:
+    """Seconds with three significant digits, so that microseconds do not print as 0.000 s."""
+    return f"{x:.3g} s"
+
+
 def _secs(x: float) -> str:
     return f"{x:.1f} s" if x >= 10 else f"{x:.2g} s"
 
@@ -284,17 +289,18 @@ def module_estimate(dims: Dims, prompt_rows: list[int], prompt_responses: list[i
     rows = sum(prompt_rows) if token else N
     row_dim = dims.k_in + dims.k_out if token else dims.D
     width = token_gram_width(dims.k_out, dims.k_in) if token else dims.D * dims.D
-    gram_kind = resolve_gram_dtype(cfg.compute.gram_dtype, on_gpu)  # also the name of its rate
+    def one(n: int, n_rhs: int, quad: bool) -> tuple[str, str, RouteEstimate, float]:
+        """(route, why, estimate, seconds) of one factorisation, its Gram dtype resolved as factor() does."""
+        gram = resolve_gram_dtype(cfg.compute.gram_dtype, on_gpu, n, dims.D, width, n_rhs, quad)
 
-    def seconds(e: RouteEstimate) -> float:
-        return (e.gram_flops / rate(gram_kind) + e.fp64_flops / rate("float64")
-                + e.factor_flops / rate("float64_factor"))
+        def seconds(e: RouteEstimate) -> float:
+            return (e.gram_flops / rate(gram) + e.fp64_flops / rate("float64")
+                    + e.factor_flops / rate("float64_factor"))
 
-    def one(n: int, n_rhs: int, quad: bool) -> tuple[str, str, RouteEstimate]:
         est = route_estimates(n, dims.D, row_dim, width, n_rhs, token, cfg.compute.token_chunk,
-                              refine_steps(token, gram_kind, quad))
+                              refine_steps(token, gram, quad))
         route, why = pick_route(est, cfg.curvature.solver, limit_bytes, seconds)
-        return route, why, est[route]
+        return route, why, est[route], seconds(est[route])
 
     runs = []
     if cfg.curvature.scope == "global":
@@ -303,13 +309,13 @@ def module_estimate(dims: Dims, prompt_rows: list[int], prompt_responses: list[i
         for n_p, r_p in zip(prompt_rows if token else prompt_responses, prompt_responses, strict=True):
             per_prompt = cfg.curvature.scope == "per_prompt"
             runs.append(one(n_p, N if per_prompt else r_p, per_prompt))
-    route, why, _ = runs[0]
-    flops = sum(e.flops for _, _, e in runs) + 2.0 * N * N * dims.D  # + the RAW Gram G Gᵀ
-    secs = sum(seconds(e) for _, _, e in runs) + 2.0 * N * N * dims.D / rate("float64")
-    routes = {r for r, _, _ in runs}
+    route, why, _, _ = runs[0]
+    flops = sum(e.flops for _, _, e, _ in runs) + 2.0 * N * N * dims.D  # + the RAW Gram G Gᵀ
+    secs = sum(t for _, _, _, t in runs) + 2.0 * N * N * dims.D / rate("float64")
+    routes = {r for r, _, _, _ in runs}
     if len(routes) > 1:
         route, why = "mixed(" + ",".join(sorted(routes)) + ")", why + "; per prompt: " + "/".join(sorted(routes))
-    return route, why, flops, secs, max(e.peak_bytes for _, _, e in runs)
+    return route, why, flops, secs, max(e.peak_bytes for _, _, e, _ in runs)
 
 
 def _factor_bytes(dims: Dims, rows: int, responses: int, factor_bytes: int) -> int:
@@ -587,19 +593,20 @@ def render(plan: Plan) -> str:
              "phase            rank      flops   bytes moved  peak device   peak host   est. time"]
     for p in plan.phases:
         lines.append(f"{p.phase:<16} {p.rank:>4} {_si(p.flops):>10} {_si(p.bytes_moved, 'B'):>13} "
-                     f"{p.peak_device_bytes / GiB:>9.2f} Gi {p.peak_host_bytes / GiB:>8.2f} Gi {p.seconds:>9.3f} s")
-    lines += ["", "estimated wall time (slowest rank per phase, statistics/report/write not included): "
-              f"{plan.seconds():.2f} s", "",
-              "modules (by kind): count, D, route and why, flops and estimated time per module, largest working set"]
+                     f"{p.peak_device_bytes / GiB:>9.2f} Gi {p.peak_host_bytes / GiB:>8.2f} Gi {_t(p.seconds):>11}")
+    lines += ["", "estimated wall time (slowest rank per phase; a rank's curvature_solve and diagnostics as one, they "
+              f"interleave; statistics/report/write not included): {_t(plan.seconds())}", "",
+              "modules (by kind): count, D, route and why (the first factorisation's two routes, timed), flops and "
+              "estimated time per module (all its factorisations), largest working set"]
     kinds: dict[str, list[ModulePlan]] = {}
     for m in plan.modules:
         kinds.setdefault(m.kind, []).append(m)
     for kind, ms in kinds.items():
         m = max(ms, key=lambda x: x.flops)
-        lines.append(f"  {kind:<10} ×{len(ms):<3} D={m.D:<7} {m.route:<8} {_si(m.flops):>9} {m.seconds:.3f} s "
+        lines.append(f"  {kind:<10} ×{len(ms):<3} D={m.D:<7} {m.route:<8} {_si(m.flops):>9} {_t(m.seconds)} "
                      f"{m.peak_bytes / GiB:.2f} GiB — {m.why}")
         if m.diagnostic_flops:
-            lines.append(f"  {'':<10}      diagnostics {_si(m.diagnostic_flops)} ({m.diagnostic_seconds:.3f} s) "
+            lines.append(f"  {'':<10}      diagnostics {_si(m.diagnostic_flops)} ({_t(m.diagnostic_seconds)}) "
                          f"on the modules that have them")
     lines.append("")
     lines += [f"warning: {w}" for w in plan.warnings] or ["fits: no warnings"]

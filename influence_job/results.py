@@ -100,9 +100,9 @@ class ModuleRecord(_Model):
     factorisations: int
     failed_factorisations: int
     gram_dtype: str | None = Field(
-        None, description="Products of the module's dense token Gram (compute.gram_dtype as resolved for the "
-        "device): float64, or float32/tf32 refined to float64 solves; null when no dense token Gram was built "
-        "(kernel route, response source) and in results written before it existed.")
+        None, description="Products of the module's dense token Grams (compute.gram_dtype as resolved for each "
+        "factorisation): float64, or float32/tf32 refined to float64 solves, or mixed(...); null when no dense "
+        "token Gram was built (kernel route, response source) and in results written before it existed.")
     refinement_steps: int = Field(
         0, description="Exact float64 applications of H that refinement took over the module's factorisations "
         "(0 with float64 products).")

@@ -71,8 +71,10 @@ def test_products_with_right_hand_sides_equal_explicit_rows(k_out, k_in, m, chun
     rows = TokenRows(U.float(), V.float(), chunk=chunk)  # stored as the capture stores them: float32
     R32 = torch.stack([torch.outer(u, v).reshape(-1) for u, v in zip(U.float().double(), V.float().double(),
                                                                       strict=True)])
-    for got, want in ((rows.cross(X), R32 @ X.T), (rows.transpose_apply(C), C.T @ R32),
-                      (rows.gram_apply(X), X @ R32.T @ R32)):
+    products = [(rows.gram_apply(X), X @ R32.T @ R32)]
+    for force in (None, True, False):  # the engine's choice, then each way forced
+        products += [(rows.cross(X, force), R32 @ X.T), (rows.transpose_apply(C, force), C.T @ R32)]
+    for got, want in products:
         assert got.dtype == torch.float64 and got.shape == want.shape
         assert torch.allclose(got, want, rtol=1e-13, atol=1e-13 * float(want.abs().max()))
     assert (rows._factored(m) is None) == (m >= max(k_out, k_in))

@@ -71,10 +71,18 @@ def test_the_quadratic_form_is_refined_to_second_order(rows_and_rhs, monkeypatch
     assert 0 < quad_steps < solve_steps
 
 
-def test_auto_gram_products_are_tf32_on_a_gpu_and_float64_on_a_cpu():
-    assert resolve_gram_dtype("auto", on_gpu=True) == "tf32"
-    assert resolve_gram_dtype("auto", on_gpu=False) == "float64"
-    assert resolve_gram_dtype("float32", on_gpu=True) == "float32"
+def test_auto_gram_products_are_tf32_where_they_save_time():
+    """'auto': on a GPU TF32 when the products it saves (3/4 of a float64 Gram's) outweigh its refinement steps —
+    the default diagnostic's MLP modules, global and per prompt — float64 where they do not (the tiny default's
+    modules, D = 128, 32 responses) and always on a CPU; a fixed setting is kept."""
+    from influence_job.curvature import token_gram_width
+    mlp = dict(D=13_440, gram_width=token_gram_width(280, 48))
+    assert resolve_gram_dtype("auto", True, 89_088, n_rhs=96, quad=True, **mlp) == "tf32"
+    assert resolve_gram_dtype("auto", True, 7_424, n_rhs=8, quad=False, **mlp) == "tf32"
+    tiny = dict(D=128, gram_width=token_gram_width(8, 16))
+    assert resolve_gram_dtype("auto", True, 2_254, n_rhs=32, quad=True, **tiny) == "float64"
+    assert resolve_gram_dtype("auto", False, 89_088, n_rhs=96, quad=True, **mlp) == "float64"
+    assert resolve_gram_dtype("float32", False, 2_254, n_rhs=32, quad=True, **tiny) == "float32"
 
 
 @pytest.mark.parametrize("use", ["solve", "quad"])
