@@ -248,13 +248,13 @@ class ResponseRows:
     def cross_kernel(self, other: ResponseRows) -> torch.Tensor:
         return self.G @ other.G.T
 
-    def cross(self, X: torch.Tensor, through_factors: bool | None = None) -> torch.Tensor:
+    def cross(self, X: torch.Tensor) -> torch.Tensor:
         return self.G @ X.T
 
     def explicit(self, start: int, stop: int) -> torch.Tensor:
         return self.G[start:stop]
 
-    def transpose_apply(self, C: torch.Tensor, through_factors: bool | None = None) -> torch.Tensor:
+    def transpose_apply(self, C: torch.Tensor) -> torch.Tensor:
         return C.T @ self.G
 
     def gram(self) -> torch.Tensor:
@@ -333,8 +333,8 @@ def _gib(n: float) -> str:
 
 
 # Refinement steps (exact applications of H) the estimates assume: a solve took 3 after float32 products and 4
-# after (emulated) TF32 products, the HINV quadratic form 2 after either (bench/gram_dtype_error.py,
-# bench/RESULTS.md); the solve's count is rounded up for TF32 on real tensor cores.
+# (D 13,440) or 5 (D 3,360) after emulated TF32 products, the HINV quadratic form 2 after either
+# (bench/gram_dtype_error.py, bench/RESULTS.md).
 REFINE_STEPS_ESTIMATE = {"quad": 2, "solve": 5}
 
 

@@ -52,6 +52,7 @@ from influence_job.plan import (
     diagnostic_flops,
     make_plan,
     module_estimate,
+    runs_similarity,
     similarity_layers,
     workload_of,
 )
@@ -325,9 +326,8 @@ def module_seconds(cfg: JobConfig, local, rows: list[int], responses: list[int],
     """Each module's estimated seconds on this device: its solves and the diagnostics that run beside them (in
     time, not flops: TF32 Gram products and float64 diagnostics run at different rates)."""
     profile = device_profile(device)
-    similarity = cfg.diagnostics.curvature_similarity and len(rows) > 1
     return [module_estimate(mf.dims, rows, responses, cfg, profile.rate, on_gpu=profile.gpu)[3]
-            + diagnostic_flops(cfg, mf.dims, similarity and mf.layer in sim_layers,
+            + diagnostic_flops(cfg, mf.dims, runs_similarity(cfg, mf.layer, sim_layers, len(rows)),
                                mf.name == local.unprojected_name, rows, responses) / profile.rate("float64")
             for mf in local.modules]
 
@@ -348,7 +348,7 @@ def solve_stage(owned, layout, prompt_index: np.ndarray, sim_layers: set, cfg: J
                 mf.name, exact, mf.G, mf.dims, prompt_index, layout.accepted,
                 cfg.validation.fidelity_sigma, cfg.projection.kind,
             )
-        if cfg.diagnostics.curvature_similarity and mf.layer in sim_layers and len(layout.prompt_bounds) > 1:
+        if runs_similarity(cfg, mf.layer, sim_layers, len(layout.prompt_bounds)):
             curv = module_curvature_similarity(mf, layout, cfg)
         diag_seconds = time.perf_counter() - t_diag
         diagnostic_total += diag_seconds

@@ -269,13 +269,9 @@ class Plan:
                 + (f"; {len(self.warnings)} warning(s)" if self.warnings else ""))
 
 
-def _t(x: float) -> str:
-    """Seconds with three significant digits, so that microseconds do not print as 0.000 s."""
-    return f"{x:.3g} s"
-
-
 def _secs(x: float) -> str:
-    return f"{x:.1f} s" if x >= 10 else f"{x:.2g} s"
+    """Seconds to a tenth from 10 s, else to three significant digits (microseconds do not print as 0.000 s)."""
+    return f"{x:.1f} s" if x >= 10 else f"{x:.3g} s"
 
 
 def module_estimate(dims: Dims, prompt_rows: list[int], prompt_responses: list[int], cfg,
@@ -289,6 +285,7 @@ def module_estimate(dims: Dims, prompt_rows: list[int], prompt_responses: list[i
     rows = sum(prompt_rows) if token else N
     row_dim = dims.k_in + dims.k_out if token else dims.D
     width = token_gram_width(dims.k_out, dims.k_in) if token else dims.D * dims.D
+
     def one(n: int, n_rhs: int, quad: bool) -> tuple[str, str, RouteEstimate, float]:
         """(route, why, estimate, seconds) of one factorisation, its Gram dtype resolved as factor() does."""
         gram = resolve_gram_dtype(cfg.compute.gram_dtype, on_gpu, n, dims.D, width, n_rhs, quad)
@@ -385,6 +382,12 @@ def diagnostic_flops(cfg, dims: Dims, similarity: bool, unprojected: bool, promp
     return flops
 
 
+def runs_similarity(cfg, layer: int | None, layers: set, n_prompts: int) -> bool:
+    """Whether a module of ``layer`` gets the curvature similarity: it is on, the layer is one of ``layers``
+    (similarity_layers) and there are two prompts or more to compare."""
+    return cfg.diagnostics.curvature_similarity and layer in layers and n_prompts > 1
+
+
 def similarity_layers(cfg, module_layers) -> set:
     """The layers whose modules the curvature similarity runs on: the middle one, or all (or all when modules have
     no layer)."""
@@ -398,7 +401,7 @@ def _plan_diagnostics(cfg, work: Workload, plans: list[ModulePlan], prompt_rows,
     """Each module's diagnostic flops and time."""
     layers = similarity_layers(cfg, [m.layer for m in work.modules])
     for shape, plan in zip(work.modules, plans, strict=True):
-        similarity = cfg.diagnostics.curvature_similarity and shape.layer in layers and work.n_prompts > 1
+        similarity = runs_similarity(cfg, shape.layer, layers, work.n_prompts)
         plan.diagnostic_flops = diagnostic_flops(cfg, shape.dims, similarity, shape.name == work.unprojected,
                                                  prompt_rows, prompt_resp, limit)
         plan.diagnostic_seconds = plan.diagnostic_flops / device.rate("float64")
@@ -593,9 +596,9 @@ def render(plan: Plan) -> str:
              "phase            rank      flops   bytes moved  peak device   peak host   est. time"]
     for p in plan.phases:
         lines.append(f"{p.phase:<16} {p.rank:>4} {_si(p.flops):>10} {_si(p.bytes_moved, 'B'):>13} "
-                     f"{p.peak_device_bytes / GiB:>9.2f} Gi {p.peak_host_bytes / GiB:>8.2f} Gi {_t(p.seconds):>11}")
+                     f"{p.peak_device_bytes / GiB:>9.2f} Gi {p.peak_host_bytes / GiB:>8.2f} Gi {_secs(p.seconds):>11}")
     lines += ["", "estimated wall time (slowest rank per phase; a rank's curvature_solve and diagnostics as one, they "
-              f"interleave; statistics/report/write not included): {_t(plan.seconds())}", "",
+              f"interleave; statistics/report/write not included): {_secs(plan.seconds())}", "",
               "modules (by kind): count, D, route and why (the first factorisation's two routes, timed), flops and "
               "estimated time per module (all its factorisations), largest working set"]
     kinds: dict[str, list[ModulePlan]] = {}
@@ -603,10 +606,10 @@ def render(plan: Plan) -> str:
         kinds.setdefault(m.kind, []).append(m)
     for kind, ms in kinds.items():
         m = max(ms, key=lambda x: x.flops)
-        lines.append(f"  {kind:<10} ×{len(ms):<3} D={m.D:<7} {m.route:<8} {_si(m.flops):>9} {_t(m.seconds)} "
+        lines.append(f"  {kind:<10} ×{len(ms):<3} D={m.D:<7} {m.route:<8} {_si(m.flops):>9} {_secs(m.seconds)} "
                      f"{m.peak_bytes / GiB:.2f} GiB — {m.why}")
         if m.diagnostic_flops:
-            lines.append(f"  {'':<10}      diagnostics {_si(m.diagnostic_flops)} ({_t(m.diagnostic_seconds)}) "
+            lines.append(f"  {'':<10}      diagnostics {_si(m.diagnostic_flops)} ({_secs(m.diagnostic_seconds)}) "
                          f"on the modules that have them")
     lines.append("")
     lines += [f"warning: {w}" for w in plan.warnings] or ["fits: no warnings"]

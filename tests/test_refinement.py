@@ -13,7 +13,7 @@ from conftest import exact_config
 from tolerances import SOLVE_RTOL, rel_err
 
 from influence_job import curvature, pipeline
-from influence_job.curvature import TokenRows, factor, resolve_gram_dtype
+from influence_job.curvature import TokenRows, factor, resolve_gram_dtype, token_gram_width
 
 
 def round_tf32_(x: torch.Tensor) -> torch.Tensor:
@@ -65,9 +65,9 @@ def test_the_quadratic_form_is_refined_to_second_order(rows_and_rhs, monkeypatch
     quad_steps = cheap.refinements
     assert rel_err(got, want) <= SOLVE_RTOL
     assert torch.equal(got, got.T)
-    cheap.solve(A)
+    solved = cheap.solve(A)
     solve_steps = cheap.refinements - quad_steps
-    assert rel_err(cheap.solve(A), torch.linalg.solve(H, A.T).T) <= SOLVE_RTOL
+    assert rel_err(solved, torch.linalg.solve(H, A.T).T) <= SOLVE_RTOL
     assert 0 < quad_steps < solve_steps
 
 
@@ -75,7 +75,6 @@ def test_auto_gram_products_are_tf32_where_they_save_time():
     """'auto': on a GPU TF32 when the products it saves (3/4 of a float64 Gram's) outweigh its refinement steps —
     the default diagnostic's MLP modules, global and per prompt — float64 where they do not (the tiny default's
     modules, D = 128, 32 responses) and always on a CPU; a fixed setting is kept."""
-    from influence_job.curvature import token_gram_width
     mlp = dict(D=13_440, gram_width=token_gram_width(280, 48))
     assert resolve_gram_dtype("auto", True, 89_088, n_rhs=96, quad=True, **mlp) == "tf32"
     assert resolve_gram_dtype("auto", True, 7_424, n_rhs=8, quad=False, **mlp) == "tf32"
