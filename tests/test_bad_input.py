@@ -130,6 +130,7 @@ def test_text_without_tokenizer(capsys, tiny_data, tmp_path):
     ("curvature.damping=-1", "curvature.damping"),
     ("projection.factr=8", "projection.factr: unknown key"),
     ("compute.micro_batch_tokens=0", "compute.micro_batch_tokens"),
+    ("compute.gram_dtype=float16", "compute.gram_dtype: Input should be 'auto', 'float64', 'float32' or 'tf32'"),
     ("model={builtin: tiny-qwen2, path: /x}", "exclusive"),
 ])
 def test_invalid_configuration_names_field(capsys, override, fragment, tmp_path):
