@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     _kube_args(submit)
     submit.add_argument("--model", help="model directory in the pod (default: the settings' model)")
     submit.add_argument("--dataset", help="data set in the pod (default: the settings' dataset)")
+    submit.add_argument("--gpus", type=int, metavar="N",
+                        help="GPUs of this run (same as --set gpus=N): the pod requests and limits N GPUs and torchrun "
+                        "starts N ranks (default: the settings' gpus, 8)")
     submit.add_argument("--run-set", dest="run_overrides", metavar="WORDS",
                         help="extra `--set KEY=VALUE` words for the run, e.g. \"--set projection.factor=16\"")
 
@@ -181,7 +184,8 @@ def _cluster(args) -> int:
     if args.command == "render" and args.explain:
         print("\n".join(explain(ClusterSettings, alias=True)))
         return EXIT_OK
-    settings = load_settings(args.values, args.overrides)
+    overrides = args.overrides + ([f"gpus={args.gpus}"] if getattr(args, "gpus", None) is not None else [])
+    settings = load_settings(args.values, overrides)
     check_run_words(settings.overrides, settings.model, settings.dataset, "cluster value overrides")
     check_run_words(settings.nightly.overrides, settings.nightly.model, settings.nightly.dataset,
                     "cluster value nightly.overrides")

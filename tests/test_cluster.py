@@ -1,8 +1,11 @@
-"""The cluster job's objects: Argo schema, Hera round trip, `hera generate yaml`, the Helm chart rendered by
-a real Helm engine, kubernetes-validate for core objects, hadolint for the Dockerfile."""
+"""The cluster job's objects: what Argo accepts (its JSON schema, and the values its decoder requires before any
+parameter is substituted: tests/argo_schema.py), Hera round trip, `hera generate yaml`, the Helm chart rendered
+by a real Helm engine, kubernetes-validate for core objects, hadolint for the Dockerfile."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -11,7 +14,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from argo_schema import BUNDLED, SHARED, errors
+from argo_schema import decode_errors, needs_schema, schema_errors
 from hera.workflows import models as hm
 
 from influence_job.cli import main
@@ -34,30 +37,71 @@ def hera_docs(settings: ClusterSettings) -> list[dict]:
 
 
 @pytest.mark.parametrize("settings", [ClusterSettings(), ClusterSettings(gpus=2, nightly={"compare": True})])
-def test_objects_validate_against_argo_schema_and_round_trip(settings):
+def test_objects_round_trip_through_heras_models(settings):
     docs = hera_docs(settings) + [build_submission(settings).to_dict()]
     assert {d["kind"] for d in docs} == {"WorkflowTemplate", "CronWorkflow", "Workflow"}
     for doc in docs:
-        assert errors(doc) == [], doc["kind"]
         model = HERA_MODELS[doc["kind"]].model_validate(doc)
         assert model.model_dump(by_alias=True, exclude_none=True) == doc
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason="no shared/ folder beside this checkout to compare with")
-def test_bundled_argo_schema_is_the_shared_one():
-    assert BUNDLED.read_bytes() == SHARED.read_bytes()
+def rendered_objects(tmp_path: Path) -> dict[str, dict]:
+    """Every Argo object the project renders, by where it comes from: Hera's (default and non-default settings),
+    the Helm chart's (default values and a non-default values file) and the Workflows `submit` builds."""
+    custom = load_settings(_write(tmp_path / "custom.yaml", CUSTOM_VALUES))
+    docs = {}
+    for source, objects in (("hera-defaults", hera_docs(ClusterSettings())), ("hera-custom", hera_docs(custom)),
+                            ("chart-defaults", render_chart({})), ("chart-custom", render_chart(CUSTOM_VALUES))):
+        for doc in objects:
+            if doc["apiVersion"].startswith("argoproj.io"):
+                docs[f"{source}/{doc['kind']}"] = doc
+    docs["submit-defaults/Workflow"] = build_submission(ClusterSettings()).to_dict()
+    docs["submit-gpus-4/Workflow"] = build_submission(ClusterSettings(gpus=4), "/data/m", "/data/d.jsonl",
+                                                      "--set projection.factor=16").to_dict()
+    return docs
 
 
-def test_schema_patch_rejects_a_misspelled_key():
-    doc = hera_docs(ClusterSettings())[0]
-    doc["spec"]["templates"][0]["retryStrategi"] = doc["spec"]["templates"][0].pop("retryStrategy")
-    assert any("retryStrategi" in e for e in errors(doc))
+@needs_schema
+def test_every_rendered_object_holds_only_what_argo_accepts(tmp_path):
+    """Argo's field names and nesting (its JSON schema), and what its decoder requires before substitution: each
+    quantity parses, each integer and boolean field holds one, no templated value where the type is not a
+    string (tests/argo_schema.py)."""
+    docs = rendered_objects(tmp_path)
+    assert {k.split("/")[1] for k in docs} == {"WorkflowTemplate", "CronWorkflow", "Workflow"} and len(docs) == 10
+    for where, doc in docs.items():
+        assert schema_errors(doc) == [], where
+        assert decode_errors(doc) == [], where
+
+
+@needs_schema
+def test_decode_check_fails_where_argo_cannot_decode():
+    """The check is shown failing on the template as it was (the GPU count templated into the container's resource
+    quantities, which the schema passes as a plain string), on the chart as it was (Helm printed 1209600 from the
+    values as 1.2096e+06, a float in an integer field), on a templated integer and on a string boolean."""
+    wt = hera_docs(ClusterSettings())[0]
+    run = next(t for t in wt["spec"]["templates"] if t["name"] == "run")
+    for side in ("requests", "limits"):
+        run["container"]["resources"][side]["nvidia.com/gpu"] = "{{inputs.parameters.gpus}}"
+    assert schema_errors(wt) == []  # what the JSON schema cannot tell
+    problems = decode_errors(wt)
+    assert len(problems) == 2 and all("nvidia.com/gpu" in p and "not a Kubernetes quantity" in p for p in problems)
+    run["sidecars"][0]["ports"][0]["containerPort"] = "{{inputs.parameters.port}}"
+    wt["spec"]["automountServiceAccountToken"] = "false"
+    wt["spec"]["ttlStrategy"]["secondsAfterFailure"] = 1.2096e6  # how Helm prints a large integer from values
+    problems = decode_errors(wt)
+    assert any(p.startswith("spec.templates[0].sidecars[0].ports[0].containerPort") and "templated" in p
+               for p in problems)
+    assert any(p.startswith("spec.automountServiceAccountToken") and "not a boolean" in p for p in problems)
+    assert any(p.startswith("spec.ttlStrategy.secondsAfterFailure") and "not an integer" in p for p in problems)
 
 
 def test_workflow_template_shape():
     wt = hera_docs(ClusterSettings())[0]
     run = next(t for t in wt["spec"]["templates"] if t["name"] == "run")
-    assert run["container"]["resources"]["limits"]["nvidia.com/gpu"] == "{{inputs.parameters.gpus}}"
+    gpus = {"nvidia.com/gpu": "{{inputs.parameters.gpus}}"}
+    assert json.loads(run["podSpecPatch"]) == {"containers": [{"name": "main", "resources": {
+        "requests": gpus, "limits": gpus}}]}
+    assert "nvidia.com/gpu" not in json.dumps(run["container"]["resources"])
     assert "torchrun --nproc-per-node \"$GPUS\"" in run["container"]["command"][2]
     assert run["nodeSelector"] == {"nvidia.com/gpu.product": "{{inputs.parameters.gpu-product}}"}
     assert run["tolerations"][0]["key"] == "nvidia.com/gpu"
@@ -127,8 +171,6 @@ def test_chart_argo_objects_equal_hera_objects(values, tmp_path):
     settings = load_settings(_write(tmp_path / "v.yaml", values)).model_copy(update={"namespace": "ml-research"})
     argo = sorted((d for d in docs if d["apiVersion"].startswith("argoproj.io")), key=lambda d: d["kind"])
     assert argo == sorted(hera_docs(settings), key=lambda d: d["kind"])
-    for doc in argo:
-        assert errors(doc) == []
 
 
 def _write(path: Path, values: dict) -> Path:
@@ -140,7 +182,7 @@ def test_chart_core_objects_pass_kubernetes_validate_strict():
     docs = render_chart({"podMonitor": {"enabled": True}})
     core = [d for d in docs if not d["apiVersion"].startswith(("argoproj.io", "monitoring.coreos.com"))]
     assert {d["kind"] for d in core} == {"ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim",
-                                         "ConfigMap", "Secret", "ClusterRole", "ClusterRoleBinding"}
+                                         "ConfigMap", "Secret", "ClusterRole", "ClusterRoleBinding", "NetworkPolicy"}
     for doc in core:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     dashboard = next(d for d in core if d["metadata"]["name"] == "influence-job-dashboard")
@@ -152,7 +194,8 @@ def test_chart_core_objects_pass_kubernetes_validate_strict():
 def test_chart_switches():
     kinds = {d["kind"] for d in render_chart({"nightly": {"enabled": False},
                                                "rbac": {"create": False, "submitter": False},
-                                               "resultsVolume": {"create": False}, "dashboard": {"enabled": False}})}
+                                               "resultsVolume": {"create": False}, "dashboard": {"enabled": False},
+                                               "networkPolicy": {"enabled": False}})}
     assert kinds == {"WorkflowTemplate", "ConfigMap"}
 
 
@@ -219,7 +262,6 @@ def test_nightly_compares_by_default_and_publishes_the_verdict():
     outputs = {p["name"]: p["valueFrom"]["path"] for p in templates["compare"]["outputs"]["parameters"]}
     assert outputs == {"verdict": "/tmp/outputs/verdict", "regressions": "/tmp/outputs/regressions",
                        "comparable": "/tmp/outputs/comparable"}
-    assert errors(cron) == []
 
 
 def evaluate_retry(expression: str, status: str, exit_code: str, message: str) -> bool:
@@ -239,6 +281,8 @@ def evaluate_retry(expression: str, status: str, exit_code: str, message: str) -
     return eval(py, {"__builtins__": {}}, {"lastRetry": last, "_matches": lambda s, p: re.search(p, s) is not None})
 
 
+# Argo passes lastRetry.exitCode as a string, "-1" when the attempt has none (the container never ran or never
+# reported); the rows do the same.
 @pytest.mark.parametrize("status,exit_code,message,retried", [
     ("Failed", "1", "Error (exit code 1)", False),  # validation failed: deterministic
     ("Failed", "2", "Error (exit code 2)", False),  # bad input
@@ -246,10 +290,17 @@ def evaluate_retry(expression: str, status: str, exit_code: str, message: str) -
     ("Failed", "3", "Error (exit code 3)", True),  # a rank died or timed out (NCCL, a lost GPU)
     ("Failed", "137", "OOMKilled (exit code 137)", True),  # the OOM killer / SIGKILL
     ("Failed", "143", "Error (exit code 143)", True),  # SIGTERM before the pod was gone
-    ("Failed", "", "The node was low on resource: memory. Container run was using 250Gi.", True),  # kubelet eviction
-    ("Failed", "", "Pod was evicted", True),
-    ("Error", "", "pod deleted", True),  # API eviction, drain, preemption: the pod is deleted
-    ("Error", "", "node lost", True),
+    ("Failed", "-1", "The node was low on resource: memory. Container run was using 250Gi.", True),  # eviction
+    ("Failed", "-1", "Pod was evicted", True),
+    ("Failed", "1", "The node was low on resource: memory.", True),  # evicted while the job was exiting
+    # The node refused the pod at admission (the GPU device plugin not ready): it never ran.
+    ("Failed", "-1", "Pod was rejected: Allocate failed due to no healthy devices present; cannot allocate "
+                     "unhealthy devices nvidia.com/gpu, which is unexpected", True),
+    ("Failed", "-1", "Pod was rejected: Node didn't have enough resource: nvidia.com/gpu", True),
+    # No exit code and no message: the job decided nothing, so it is treated as transient (the limit bounds it).
+    ("Failed", "-1", "", True),
+    ("Error", "-1", "pod deleted", True),  # API eviction, drain, preemption: the pod is deleted
+    ("Error", "-1", "node lost", True),
 ])
 def test_retry_expression_retries_interruptions_and_not_failures(status, exit_code, message, retried):
     from influence_job.cluster.workflows import RETRY_EXPRESSION
@@ -259,9 +310,25 @@ def test_retry_expression_retries_interruptions_and_not_failures(status, exit_co
     assert evaluate_retry(RETRY_EXPRESSION, status, exit_code, message) is retried
 
 
-def argo_pod(wf_spec: dict, template: dict) -> dict:
+def strategic_merge(base, patch):
+    """Kubernetes' strategic merge patch as far as the templates use it: maps merge key by key, lists of named
+    objects (containers) merge by name, other values are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {**base, **{k: strategic_merge(base[k], v) if k in base else v for k, v in patch.items()}}
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(x, dict) and "name" in x
+                                                                   for x in base + patch):
+        names = {x["name"]: x for x in patch}
+        merged = [strategic_merge(x, names.pop(x["name"])) if x["name"] in names else x for x in base]
+        return merged + list(names.values())
+    return patch
+
+
+def argo_pod(wf_spec: dict, template: dict, gpus: str = "8") -> dict:
     """The Pod Argo makes for a container template: the workflow's pod security context and volumes, the
-    template's container and sidecars (Argo's own init/wait containers left out), parameters filled in."""
+    template's container (named main) and sidecars (Argo's own init/wait containers left out), parameters filled
+    in (gpus as given, every other one "x"), then the template's podSpecPatch merged in, as Argo does."""
+    text = json.dumps(template).replace("{{inputs.parameters.gpus}}", gpus)
+    template = json.loads(re.sub(r"\{\{[^}]+\}\}", "x", text))
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "influence-diagnostic-x7k2p-run"},
            "spec": {"securityContext": wf_spec["securityContext"], "volumes": wf_spec["volumes"],
                     "containers": [{"name": "main", **template["container"]}, *template.get("sidecars", [])],
@@ -269,8 +336,26 @@ def argo_pod(wf_spec: dict, template: dict) -> dict:
     for key in ("nodeSelector", "tolerations"):
         if key in template:
             pod["spec"][key] = template[key]
-    text = yaml.safe_dump(pod).replace("{{inputs.parameters.gpus}}", "8")  # a quantity: GPUs
-    return yaml.safe_load(re.sub(r"\{\{[^}]+\}\}", "x", text))
+    if "podSpecPatch" in template:
+        pod["spec"] = strategic_merge(pod["spec"], yaml.safe_load(template["podSpecPatch"]))
+    return pod
+
+
+@pytest.mark.parametrize("gpus", ["1", "4", "8"])
+def test_the_gpu_count_reaches_requests_limits_and_torchrun_alike(gpus):
+    """One argument, one meaning: the pod Argo makes from the run template requests and limits exactly `gpus`
+    GPUs (a quantity Kubernetes parses), its sidecar none, and torchrun starts that many processes."""
+    from kubernetes.utils import parse_quantity
+
+    wt = hera_docs(ClusterSettings())[0]
+    run = next(t for t in wt["spec"]["templates"] if t["name"] == "run")
+    main_container, sidecar = argo_pod(wt["spec"], run, gpus)["spec"]["containers"]
+    for side in ("requests", "limits"):
+        assert parse_quantity(main_container["resources"][side]["nvidia.com/gpu"]) == int(gpus)
+    assert main_container["resources"]["requests"]["memory"] == "256Gi"  # the patch adds, it does not replace
+    assert "nvidia.com/gpu" not in json.dumps(sidecar)
+    env = {e["name"]: e["value"] for e in main_container["env"]}
+    assert env["GPUS"] == gpus and 'torchrun --nproc-per-node "$GPUS"' in main_container["command"][2]
 
 
 @pytest.mark.parametrize("values", [{}, {"security": {"runAsUser": 2000, "fsGroup": 3000,
@@ -384,7 +469,7 @@ def test_metrics_sidecar_sees_no_gpu():
     sidecar, = run["sidecars"]
     assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in sidecar["env"]
     assert "nvidia.com/gpu" not in str(sidecar.get("resources"))
-    assert "nvidia.com/gpu" in run["container"]["resources"]["limits"]
+    assert "nvidia.com/gpu" in run["podSpecPatch"] and '"name": "main"' in run["podSpecPatch"]
 
 
 def _run_script(tmp_path: Path, torchrun: str, linger: str) -> subprocess.Popen:
@@ -420,3 +505,113 @@ def test_run_script_passes_sigterm_on_and_reports_143(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 143
     assert marker.exists()
+
+
+def test_chart_generator_has_help_and_refuses_a_directory_that_is_no_chart(tmp_path, capsys, monkeypatch):
+    """`python -m influence_job.cluster.chart --help` prints its usage and writes nothing (it once wrote the chart
+    into a new directory named --help); a directory without Chart.yaml is refused, untouched."""
+    from influence_job.cluster.chart import main as chart_main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        chart_main(["--help"])
+    assert exit_.value.code == 0 and "chart_dir" in capsys.readouterr().out
+    assert chart_main([str(tmp_path / "elsewhere")]) == 2
+    assert "no Chart.yaml" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the NetworkPolicy -------------------------------------------------------------------------------------------
+
+JOB = {"app.kubernetes.io/part-of": "influence-job", "app.kubernetes.io/component": "run"}
+
+
+def _peer_matches(peer: dict, flow: dict, policy_namespace: str) -> bool:
+    """One NetworkPolicyPeer against the other end of a flow (Kubernetes' semantics: a podSelector alone means the
+    policy's namespace; namespaceSelector matches the namespace's labels, here its automatic name label)."""
+    if "ipBlock" in peer:
+        return flow.get("ip") is not None and ipaddress.ip_address(flow["ip"]) in ipaddress.ip_network(
+            peer["ipBlock"]["cidr"])
+    if "ip" in flow and "namespace" not in flow:
+        return False  # an address outside the cluster is matched by ipBlock only
+    ns_sel, pod_sel = peer.get("namespaceSelector"), peer.get("podSelector")
+    ns_labels = {"kubernetes.io/metadata.name": flow["namespace"]}
+    ns_ok = (flow["namespace"] == policy_namespace if ns_sel is None
+             else all(ns_labels.get(k) == v for k, v in ns_sel.get("matchLabels", {}).items()))
+    labels = flow.get("labels", {})
+    pod_ok = pod_sel is None or all(labels.get(k) == v for k, v in pod_sel.get("matchLabels", {}).items())
+    return ns_ok and pod_ok
+
+
+def allowed(policy: dict, direction: str, flow: dict) -> bool:
+    """Whether the policy lets a flow to or from one of its pods through: a stand-in for the network plugin that
+    enforces NetworkPolicies (none runs here). Every selected pod is a job pod; ``flow`` is the other end
+    (namespace and labels, or an ip) with a port and protocol."""
+    peers_key = "to" if direction == "egress" else "from"
+    for rule in policy["spec"].get(direction, []):
+        ports = rule.get("ports") or [{}]
+        port_ok = any(p.get("port", flow["port"]) == flow["port"] and p.get("protocol", "TCP") == flow.get(
+            "protocol", "TCP") for p in ports)
+        peers = rule.get(peers_key)
+        if port_ok and (not peers or any(_peer_matches(p, flow, policy["metadata"]["namespace"]) for p in peers)):
+            return True
+    return False
+
+
+def network_policy(values: dict) -> dict:
+    docs = [d for d in render_chart(values) if d["kind"] == "NetworkPolicy"]
+    assert len(docs) == 1
+    kubernetes_validate.validate(docs[0], K8S_VERSION, strict=True)
+    return docs[0]
+
+
+def test_network_policy_lets_through_what_the_job_needs_and_nothing_else():
+    policy = network_policy({})
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/part-of": "influence-job"}}
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    # every job pod carries the selected label (run, publish, compare)
+    for doc in hera_docs(ClusterSettings(nightly={"compare": True})):
+        spec = doc["spec"].get("workflowSpec", doc["spec"])
+        for t in spec["templates"]:
+            if "container" in t:
+                assert t["metadata"]["labels"]["app.kubernetes.io/part-of"] == "influence-job", t["name"]
+    needed = {
+        "dns": ("egress", {"namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}, "port": 53,
+                           "protocol": "UDP"}),
+        "node-local dns": ("egress", {"ip": "169.254.20.10", "port": 53, "protocol": "UDP"}),
+        "kubernetes api": ("egress", {"ip": "10.96.0.1", "port": 443}),
+        "rendezvous to another job pod": ("egress", {"namespace": "ml-research", "labels": JOB, "port": 29500}),
+        "nccl from another job pod": ("ingress", {"namespace": "ml-research", "labels": JOB, "port": 41523}),
+        "prometheus scrape": ("ingress", {"namespace": "monitoring", "labels": {"app": "prometheus"}, "port": 9400}),
+    }
+    refused = {
+        "the internet": ("egress", {"ip": "203.0.113.7", "port": 80}),
+        "a database beside the job": ("egress", {"namespace": "ml-research", "labels": {"app": "db"}, "port": 5432}),
+        "a pushgateway that is not configured": ("egress", {"namespace": "monitoring", "labels": {}, "port": 9091}),
+        "scrape from another namespace": ("ingress", {"namespace": "default", "labels": {}, "port": 9400}),
+        "another port from monitoring": ("ingress", {"namespace": "monitoring", "labels": {}, "port": 22}),
+        "a pod beside the job": ("ingress", {"namespace": "ml-research", "labels": {"app": "db"}, "port": 9400}),
+    }
+    for what, (direction, flow) in needed.items():
+        assert allowed(policy, direction, flow), what
+    for what, (direction, flow) in refused.items():
+        assert not allowed(policy, direction, flow), what
+
+
+def test_network_policy_follows_the_values():
+    policy = network_policy({
+        "pushgateway": "http://prometheus-pushgateway.metrics:9091", "metricsPort": 9500,
+        "artifactRepository": {"configMap": "artifact-repositories"},
+        "networkPolicy": {"monitoringNamespace": "obs", "pushgatewayNamespace": "metrics",
+                          "apiServerCidrs": ["10.0.0.5/32"], "artifactPorts": [9000],
+                          "extraEgress": [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+                                           "ports": [{"protocol": "TCP", "port": 8443}]}]}})
+    assert allowed(policy, "egress", {"namespace": "metrics", "labels": {}, "port": 9091})
+    assert allowed(policy, "egress", {"ip": "10.0.0.5", "port": 6443})
+    assert not allowed(policy, "egress", {"ip": "10.0.0.6", "port": 6443})  # only the API server's address
+    assert allowed(policy, "egress", {"ip": "10.9.9.9", "port": 9000})  # the artifact store (MinIO)
+    assert allowed(policy, "egress", {"ip": "10.20.1.1", "port": 8443})
+    assert not allowed(policy, "egress", {"ip": "10.21.1.1", "port": 8443})
+    assert allowed(policy, "ingress", {"namespace": "obs", "labels": {}, "port": 9500})
+    assert not allowed(policy, "ingress", {"namespace": "monitoring", "labels": {}, "port": 9500})
+    assert not [d for d in render_chart({"networkPolicy": {"enabled": False}}) if d["kind"] == "NetworkPolicy"]

@@ -11,7 +11,7 @@ import threading
 from http.server import ThreadingHTTPServer
 
 import pytest
-from argo_schema import errors
+from argo_schema import SCHEMA, decode_errors, schema_errors
 from conftest import exact_config
 from kube_standin import JsonHandler
 
@@ -51,7 +51,8 @@ class FakeArgo(JsonHandler):
             return self._reply(404, {"message": "no such route"})
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         wf = body["workflow"]
-        problems = errors(wf)
+        # What Argo would refuse (its schema and its decoder), where the schema is at hand (tests/argo_schema.py).
+        problems = schema_errors(wf) + decode_errors(wf) if SCHEMA.is_file() else []
         if problems:
             return self._reply(400, {"message": "; ".join(problems)})
         type(self).received.append((parts[3], wf))
@@ -105,6 +106,15 @@ def test_submit_posts_a_valid_workflow_with_the_token_and_waits(argo, capsys):
     args = {p["name"]: p["value"] for p in wf["spec"]["arguments"]["parameters"]}
     assert args["model"] == "/data/models/m" and args["dataset"] == "/data/d.jsonl"
     assert args["overrides"] == "--set curvature.source=response" and args["gpus"] == "2"
+
+
+def test_submit_gpus_sets_the_runs_gpu_count_and_is_validated(argo, capsys):
+    assert submit(argo, "--gpus", "4") == 0
+    (_, wf), = FakeArgo.received
+    assert {p["name"]: p["value"] for p in wf["spec"]["arguments"]["parameters"]}["gpus"] == "4"
+    assert submit(argo, "--gpus", "0") == 2
+    err = capsys.readouterr().err
+    assert "gpus" in err and "greater than or equal to 1" in err and len(FakeArgo.received) == 1
 
 
 @pytest.mark.parametrize("status,fragment", [

@@ -9,6 +9,7 @@ influence_job.cluster.chart`` rewrites them; a test fails when the committed cha
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from influence_job.cluster.settings import (
+    DNS_NAME,
     ArtifactRepositorySettings,
     ClusterSettings,
     NightlySettings,
@@ -81,6 +83,38 @@ class DashboardValues(_Base):
     enabled: bool = Field(True, description="Ship the Grafana dashboard ConfigMap (label grafana_dashboard: \"1\").")
 
 
+class NetworkPolicyValues(_Base):
+    """The NetworkPolicy of the job's pods (every pod labelled app.kubernetes.io/part-of: influence-job: run,
+    publish, compare): the traffic they need and no more. Argo's executor runs inside each pod (it reports to the
+    Kubernetes API and uploads artifacts), so its needs are counted here too."""
+
+    enabled: bool = Field(True, description="Create the NetworkPolicy (takes effect where the cluster's network "
+                          "plugin enforces NetworkPolicies).")
+    monitoring_namespace: str = Field(
+        "monitoring", pattern=DNS_NAME,
+        description="Namespace of the Prometheus that scrapes the metrics sidecar: ingress to metricsPort is allowed "
+        "from its pods only.")
+    api_server_cidrs: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of the Kubernetes API server (kubectl get endpoints kubernetes): egress to the API (the "
+        "publish step's status, Argo's executor in every pod) goes only there. Empty: any address on "
+        "apiServerPorts.")
+    api_server_ports: list[int] = Field(
+        default_factory=lambda: [443, 6443], min_length=1,
+        description="TCP ports of the Kubernetes API server (443 for the kubernetes Service, 6443 behind it).")
+    pushgateway_namespace: str = Field(
+        "monitoring", pattern=DNS_NAME,
+        description="Namespace of the Pushgateway (when pushgateway is set): egress to pushgatewayPort there.")
+    pushgateway_port: int = Field(9091, ge=1, le=65535, description="TCP port of the Pushgateway.")
+    artifact_ports: list[int] = Field(
+        default_factory=lambda: [443, 9000],
+        description="With artifactRepository set: TCP ports of the artifact store (443 S3/GCS, 9000 MinIO) that "
+        "Argo's executor uploads the report to, at any address.")
+    extra_egress: list[dict] = Field(
+        default_factory=list,
+        description="More egress rules (NetworkPolicyEgressRule objects), e.g. an artifact store at a known address.")
+
+
 class ChartValues(ClusterSettings):
     """ClusterSettings plus what only the chart has."""
 
@@ -89,6 +123,7 @@ class ChartValues(ClusterSettings):
     pod_monitor: PodMonitorValues = Field(default_factory=PodMonitorValues)
     prometheus_rule: PrometheusRuleValues = Field(default_factory=PrometheusRuleValues)
     dashboard: DashboardValues = Field(default_factory=DashboardValues)
+    network_policy: NetworkPolicyValues = Field(default_factory=NetworkPolicyValues)
     job_config: dict = Field(
         default_factory=dict,
         description="The job's config.yaml (influence-job configuration) as a mapping; empty: built-in defaults. "
@@ -167,9 +202,12 @@ def _helmify(text: str, table: dict) -> str:
     for token, expr in table.items():
         quoted = re.compile(rf"""(['"]){token}\1""")
         text = quoted.sub(("{{ %s }}" if token.startswith("helmbool") else "{{ %s | quote }}") % expr, text)
-        unquoted = token.isdigit() or token.startswith("helmbool")
+        # Helm reads numbers from values as floats and prints 1209600 as 1.2096e+06, which Argo's decoder refuses
+        # for an integer field: integers go through `int`.
         bare = re.compile(rf"(?<=[\s:-]){token}(?=\s|$)")
-        text = bare.sub("{{ %s }}" % expr if unquoted else "{{ %s | quote }}" % expr, text)
+        form = "{{ %s | int }}" if token.isdigit() else "{{ %s }}" if token.startswith("helmbool") else \
+            "{{ %s | quote }}"
+        text = bare.sub(form % expr, text)
         if token in text:
             raise ValueError(f"setting {expr} is embedded in a longer YAML scalar; the chart cannot template it")
     for literal, expr in KEYED.values():
@@ -237,6 +275,22 @@ def write_chart(chart_dir: Path = CHART_DIR) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":
-    for p in write_chart(Path(sys.argv[1]) if len(sys.argv) > 1 else CHART_DIR):
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m influence_job.cluster.chart",
+        description="Write the Helm chart's generated files (templates/workflowtemplate.yaml, "
+        "templates/cronworkflow.yaml, values.yaml, values.schema.json) from the Hera builders and the values model.")
+    parser.add_argument("chart_dir", nargs="?", type=Path, default=CHART_DIR,
+                        help=f"the chart directory to write into (default: {CHART_DIR})")
+    args = parser.parse_args(argv)
+    if not (args.chart_dir / "Chart.yaml").is_file():
+        print(f"{args.chart_dir} is not a Helm chart directory (no Chart.yaml): give the chart's directory, e.g. "
+              f"{CHART_DIR}", file=sys.stderr)
+        return 2
+    for p in write_chart(args.chart_dir):
         print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

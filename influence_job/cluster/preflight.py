@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from influence_job.cluster.kube import api_errors, explain_api_error
 from influence_job.cluster.settings import ClusterSettings
+from influence_job.cluster.workflows import GPU_RESOURCE
 from influence_job.errors import InputError
 
-GPU_RESOURCE = "nvidia.com/gpu"
 FIX_403 = ("Use the chart's submitter account (Role influence-job-submitter and ClusterRole "
            "influence-job-preflight), or pass --no-preflight to submit without these checks.")
 

@@ -10,6 +10,8 @@ templateRef on pinned inputs, then optionally ``influence-job compare`` against 
 
 from __future__ import annotations
 
+import json
+
 from hera.workflows import (
     Container,
     CronWorkflow,
@@ -47,15 +49,20 @@ PUBLISHED = {
 FAILED_CHECKS = "failed-checks"
 # When Argo retries the run step (retryPolicy Always + this expression; a retry resumes from the checkpoint):
 # - an Error (the pod was deleted: API eviction, preemption, drain, node loss) — always transient;
+# - a Failure with no exit code (Argo passes "-1"): the container never ran or never reported, so the job itself
+#   decided nothing — the node rejected the pod at admission ("Pod was rejected: ...", e.g. the GPU device plugin
+#   not ready yet) or it failed before start with no message at all; the retry limit bounds the attempts;
 # - a Failure with exit 137 (SIGKILL: the OOM killer, a kubelet kill), 143 (SIGTERM before the pod was gone) or 3
 #   (a torchrun rank died or timed out: NCCL errors and lost GPUs are usually transient), or whose message says
-#   the kubelet evicted it or the node went away;
+#   the kubelet evicted it, the node went away or rejected the pod;
 # - never exit 1 (validation failed), 2 (bad input) or 4 (a bug): those are deterministic.
+# Argo passes lastRetry.exitCode as a string.
 RETRY_EXPRESSION = (
-    'lastRetry.status == "Error" || (lastRetry.status == "Failed" && (lastRetry.exitCode in ["3", "137", "143"] '
-    '|| lastRetry.message matches "(?i)(evict|low on resource|preempt|node .*(lost|shutdown))"))'
+    'lastRetry.status == "Error" || (lastRetry.status == "Failed" && (lastRetry.exitCode in ["-1", "3", "137", '
+    '"143"] || lastRetry.message matches "(?i)(evict|low on resource|preempt|node .*(lost|shutdown)|rejected)"))'
 )
 RUN_INPUTS = ("image", "model", "dataset", "overrides", "gpus", "gpu-product")
+GPU_RESOURCE = "nvidia.com/gpu"
 
 RUN_SCRIPT = f"""set -eu
 config=""
@@ -147,6 +154,16 @@ def _small_resources() -> m.ResourceRequirements:
     return m.ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"})
 
 
+def gpu_patch() -> str:
+    """The run pod's GPU count as a podSpecPatch (Argo's documented way to parameterise a field that is not a
+    string). A resource quantity in the container itself cannot hold ``{{inputs.parameters.gpus}}``: Argo decodes
+    a template into Kubernetes' types before it substitutes parameters, and a quantity must parse then. The patch
+    is a string; Argo substitutes the parameter into it and merges it into the pod's ``main`` container (Argo's
+    name for a template's container), so requests, limits and torchrun's ``--nproc-per-node`` read one value."""
+    gpus = {GPU_RESOURCE: _inp("gpus")}
+    return json.dumps({"containers": [{"name": "main", "resources": {"requests": gpus, "limits": gpus}}]})
+
+
 def _run_template(s: ClusterSettings) -> Container:
     port = s.metrics_port
     sidecar = UserContainer(
@@ -189,12 +206,10 @@ def _run_template(s: ClusterSettings) -> Container:
             m.VolumeMount(name="config", mount_path="/etc/influence-job", read_only=True),
         ]),
         security_context=container_security(s),
-        resources=m.ResourceRequirements(
-            requests={"cpu": s.cpu, "memory": s.memory, "nvidia.com/gpu": _inp("gpus")},
-            limits={"memory": s.memory, "nvidia.com/gpu": _inp("gpus")},
-        ),
+        resources=m.ResourceRequirements(requests={"cpu": s.cpu, "memory": s.memory}, limits={"memory": s.memory}),
+        pod_spec_patch=gpu_patch(),
         node_selector={s.gpu_product_label: _inp("gpu-product")},
-        tolerations=[m.Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        tolerations=[m.Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
         retry_strategy=m.RetryStrategy(
             limit=s.retry_limit, retry_policy="Always", expression=RETRY_EXPRESSION,
             backoff=m.Backoff(duration=s.retry_backoff, factor=2, max_duration=s.retry_backoff_max),
