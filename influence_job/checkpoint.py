@@ -92,11 +92,16 @@ def _hash_json(obj) -> str:
 
 def config_part(cfg) -> dict:
     """The resolved configuration without the settings that do not change the numbers."""
-    data = cfg.model_dump(mode="json")
+    return settings_part(cfg.model_dump(mode="json"))
+
+
+def settings_part(config: dict) -> dict:
+    """A dumped configuration (as results.json keeps it) without the settings that do not change the numbers."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for section, keys in NOT_IN_FINGERPRINT.items():
         if keys is None:
             data.pop(section, None)
-        else:
+        elif section in data:
             data[section] = {k: v for k, v in data[section].items() if k not in keys}
     return data
 
@@ -198,13 +203,13 @@ def check_checkpoint_dir(cfg) -> None:
         )
 
 
-def _changed_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
+def changed_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two configuration parts."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed_settings(a, b, f"{prefix}{key}.")
+            out += changed_settings(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}")
     return out
@@ -229,7 +234,7 @@ def prepare(cfg, fp: dict, n_modules: int, fresh: bool) -> Checkpoint:
     if old is None or old.get("run") != fp["run"]:
         changed = [k for k in ("data", "model", "package") if (old or {}).get(k) != fp[k]]
         if (old or {}).get("config") != fp["config"]:
-            keys = _changed_settings((old or {}).get("settings", {}), ckpt.settings)
+            keys = changed_settings((old or {}).get("settings", {}), ckpt.settings)
             changed.append("settings " + ", ".join(keys) if keys else "configuration")
         aside = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
         os.replace(path, aside)

@@ -2,7 +2,9 @@
 
 Both sides are read through the typed results model (results.py). First the identity: the same data
 records, model, modules and projection shape, or the runs are *not comparable* (its own exit code, never a
-pass). Then every compared quantity gets a row — baseline, candidate, difference, tolerance, verdict:
+pass). Settings that change the numbers and differ between the runs (e.g. curvature.source) are named before the
+verdict: the comparison still judges, but says first that a moved number may be what the change was for. Then
+every compared quantity gets a row — baseline, candidate, difference, tolerance, verdict:
 
 - validation: rows emitted, non-finite values, every check (a new failure is a regression);
 - numbers: every RAW and HINV statistic (scope × category × dot/cos × mean/std/min/max, self-dots), the
@@ -20,12 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pydantic import Field
 
+from influence_job.checkpoint import changed_settings, settings_part
 from influence_job.config import _Section, read_yaml_mapping, validate_with_overrides
 from influence_job.errors import InputError
 from influence_job.results import Results, read_results
@@ -93,6 +96,7 @@ class Comparison:
     reasons: list[str]
     rows: list[Row]
     note: str | None = None  # e.g. the first night's promotion
+    settings: list[str] = field(default_factory=list)  # settings that differ, "key (baseline → candidate)"
 
     @property
     def regressions(self) -> list[Row]:
@@ -125,6 +129,22 @@ def _identity(b: Results, c: Results) -> list[str]:
         reasons.append(f"the projection shapes differ ({ {k: pb.get(k) for k in shape} } vs "
                        f"{ {k: pc.get(k) for k in shape} })")
     return reasons
+
+
+def _settings_differ(b: Results, c: Results) -> list[str]:
+    """The settings that change the numbers (those a checkpoint's fingerprint covers) and differ between the runs:
+    a difference in the numbers that they explain may be intended."""
+    bs, cs = settings_part(b.config), settings_part(c.config)
+
+    def value(config: dict, key: str):
+        for part in key.split("."):
+            config = config.get(part) if isinstance(config, dict) else None
+        return config
+
+    def shown(v) -> str:
+        return v if isinstance(v, str) else json.dumps(v)
+
+    return [f"{key} ({shown(value(bs, key))} → {shown(value(cs, key))})" for key in changed_settings(bs, cs)]
 
 
 def _number_row(group: str, quantity: str, b, c, atol: float, rtol: float) -> Row:
@@ -198,9 +218,9 @@ def _frobenius_row(name: str, b: np.ndarray, c: np.ndarray, rtol: float) -> Row:
 
 def compare(baseline: Path, candidate: Path, tol: Tolerances) -> Comparison:
     b, c = read_results(baseline), read_results(candidate)
-    reasons = _identity(b, c)
+    reasons, settings = _identity(b, c), _settings_differ(b, c)
     if reasons:
-        return Comparison(False, reasons, [])
+        return Comparison(False, reasons, [])  # the reasons say what differs
     rows: list[Row] = []
     bv, cv = b.validation, c.validation
     rows.append(Row("validation", "rows emitted", bv.rows_emitted, cv.rows_emitted, cv.rows_emitted - bv.rows_emitted,
@@ -241,7 +261,7 @@ def compare(baseline: Path, candidate: Path, tol: Tolerances) -> Comparison:
                   budget.peak_host_memory, budget.memory_slack_bytes, resumed),
     ]
     rows.sort(key=lambda r: ORDER[r.verdict])  # stable: regressions first, then improvements, in table order
-    return Comparison(True, [], rows)
+    return Comparison(True, [], rows, settings=settings)
 
 
 def _passed(value: bool | None) -> str:
@@ -261,11 +281,23 @@ def _cell(value) -> str:
     return str(value)
 
 
+def settings_line(cmp: Comparison) -> str | None:
+    """Said before the verdict: the runs' settings differ, so moved numbers may be what the change was for."""
+    if not cmp.settings:
+        return None
+    return (f"settings differ: {'; '.join(cmp.settings)}. The runs are judged as the same job all the same: "
+            "differences these settings explain are expected, not regressions of the program.")
+
+
 def render(cmp: Comparison, fmt: str) -> str:
     if fmt == "json":
         return json.dumps({"verdict": cmp.verdict, "comparable": cmp.comparable, "reasons": cmp.reasons,
-                           "note": cmp.note,
+                           "note": cmp.note, "settings_differ": cmp.settings,
                            "regressions": len(cmp.regressions), "rows": [asdict(r) for r in cmp.rows]}, indent=2)
+    settings = settings_line(cmp)
+    if settings:
+        return (f"**{settings}**\n\n" if fmt == "markdown" else settings + "\n") + render(
+            Comparison(cmp.comparable, cmp.reasons, cmp.rows, cmp.note), fmt)
     head = f"verdict: {cmp.verdict.upper()}" + (f" ({cmp.note})" if cmp.note else "")
     if not cmp.comparable:
         return head + "\n" + "\n".join(f"- not comparable: {r}" for r in cmp.reasons)

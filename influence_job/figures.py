@@ -299,7 +299,8 @@ def timeline(phase_seconds: dict[str, float], split: dict[str, float]) -> str:
 
 
 def solve_times(modules: list[dict]) -> str:
-    """Each module's solve seconds, ordered by layer then kind, coloured by kind, its route written above."""
+    """Each module's solve seconds, ordered by layer then kind, coloured by kind, its route written above; a module
+    a resumed run took from an earlier attempt's checkpoint is hatched."""
     kinds = list(dict.fromkeys(m["kind"] for m in modules))
     palette = dict(zip(kinds, ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                                "#7f7f7f", "#bcbd22", "#17becf"] * 4, strict=False))
@@ -307,7 +308,11 @@ def solve_times(modules: list[dict]) -> str:
     fig = Figure(figsize=(9, 2.8))
     ax = fig.add_subplot()
     x = np.arange(len(ordered))
-    ax.bar(x, [m["solve_seconds"] for m in ordered], color=[palette[m["kind"]] for m in ordered])
+    bars = ax.bar(x, [m["solve_seconds"] for m in ordered], color=[palette[m["kind"]] for m in ordered])
+    for bar, m in zip(bars, ordered, strict=True):
+        if m.get("resumed"):  # computed by an earlier attempt: its seconds are that attempt's
+            bar.set_hatch("////")
+            bar.set_alpha(0.5)
     if len(ordered) <= 64:
         for xi, m in zip(x, ordered, strict=True):
             ax.text(xi, m["solve_seconds"], m["solver"], rotation=90, ha="center", va="bottom", fontsize=6)

@@ -256,10 +256,12 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, weights
     results["performance"] = {
         "wall_seconds": time.perf_counter() - t_start,
         "phase_seconds": dict(phases.seconds),
-        "hessian_solve_seconds": sum(m["solve_seconds"] for m in totals.records),  # summed over ranks' work
+        # This attempt's modules only (summed over ranks' work), like the wall time and the phases: a resumed
+        # module's seconds belong to the attempt that computed it.
+        "hessian_solve_seconds": sum(m["solve_seconds"] for m in totals.records if not m["resumed"]),
         # The diagnostics computed beside the solves (unprojected comparison, curvature similarity), booked as
         # their own phase (phase_seconds["diagnostics"]) so that the solves' time is not misread.
-        "diagnostics_seconds": sum(m["diagnostic_seconds"] for m in totals.records),
+        "diagnostics_seconds": sum(m["diagnostic_seconds"] for m in totals.records if not m["resumed"]),
         "peak_gpu_mem_bytes": max(g["peak_gpu"] for g in gathered),  # the largest rank's peak
         "peak_host_mem_bytes": max(g["peak_host"] for g in gathered),
         # Each rank's phases up to the reduce (phase_seconds above are rank 0's, which writes the result).
@@ -390,8 +392,9 @@ def reduce_stage(store, n_modules: int, n_tokens: int, arrays: dict, comm: Comm,
         hinv += c.hinv
         if c.scores is not None:
             scores += c.scores
-        records.append({**c.record, "contribution": {"raw": per_prompt_dot_means(c.raw, pairs, masks),
-                                                     "hinv": per_prompt_dot_means(c.hinv, pairs, masks)}})
+        records.append({**c.record, "resumed": i in store.done,
+                        "contribution": {"raw": per_prompt_dot_means(c.raw, pairs, masks),
+                                         "hinv": per_prompt_dot_means(c.hinv, pairs, masks)}})
         fidelity = fidelity or c.fidelity
         if c.curvature_similarity is not None:
             curv.setdefault(c.record["kind"], []).append(c.curvature_similarity)

@@ -42,6 +42,18 @@ def curvature_solve_split(perf: dict) -> dict[str, float]:
     return parts
 
 
+def resumed_note(r: dict) -> str | None:
+    """What a resumed run says wherever it reports its costs: which modules came from an earlier attempt, and that
+    the times shown are this attempt's (results.json's performance is; a resumed module's own seconds are not in
+    it). None for a run that resumed nothing."""
+    ck = r.get("checkpoint") or {}
+    n = ck.get("resumed_modules", 0)
+    if not n:
+        return None
+    return (f"resumed: {n} of {n + ck['computed_modules']} modules from an earlier attempt; the times are this "
+            f"attempt's ({ck['computed_modules']} modules computed)")
+
+
 UNPROJECTED_HEADER = ["RAW dot mean", "exact", "projected", "relative difference"]
 
 
@@ -134,7 +146,7 @@ def render_report(r: dict) -> str:
         if k == "curvature_solve":
             split = curvature_solve_split(perf)
             phase_rows.append(["  of which: " + " / ".join(split), " / ".join(fmt_seconds(s) for s in split.values())])
-    parts += ["## Performance", table(
+    parts += ["## Performance", *([f"**{resumed_note(r).capitalize()}.**"] if resumed_note(r) else []), table(
         ["measure", "value"],
         [["wall", fmt_seconds(perf["wall_seconds"])],
          ["Hessian solves (all modules, summed over ranks)", fmt_seconds(perf["hessian_solve_seconds"])],
@@ -171,6 +183,7 @@ def summary_lines(r: dict, out_dir) -> list[str]:
         "an accepted/rejected contrast), "
         f"wall {r['performance']['wall_seconds']:.1f} s, solve {r['performance']['hessian_solve_seconds']:.2f} s, "
         f"diagnostics {r['performance']['diagnostics_seconds']:.2f} s",
+        *([resumed_note(r)] if resumed_note(r) else []),
         f"validation: {'PASSED' if val['passed'] else 'FAILED (' + ', '.join(failed) + ')'}",
         f"output: {out_dir}",
     ]

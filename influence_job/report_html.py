@@ -21,7 +21,7 @@ import numpy as np
 from influence_job import figures
 from influence_job.findings import findings, locate_token, module_shares
 from influence_job.numbers import fmt, fmt_percent, fmt_seconds, format_rows
-from influence_job.report import UNPROJECTED_HEADER, curvature_solve_split, unprojected_rows
+from influence_job.report import UNPROJECTED_HEADER, curvature_solve_split, resumed_note, unprojected_rows
 from influence_job.similarity import CATEGORIES, SCOPES, cosine
 
 AGGREGATE_ABOVE = 512  # responses; above this the heatmaps show prompt × accepted/rejected block means
@@ -66,7 +66,7 @@ def _verdict(results: dict) -> str:
     key = (f"{results['n_prompts']:,} prompts · {results['n_responses']:,} responses ({results['n_accepted']:,} "
            f"accepted, {results['n_rejected']:,} rejected) · {results['n_response_tokens']:,} response tokens · "
            f"wall {fmt_seconds(perf['wall_seconds'])} · solves {fmt_seconds(perf['hessian_solve_seconds'])} · "
-           f"{val['rows_emitted']:,} influence rows")
+           f"{val['rows_emitted']:,} influence rows" + (f" · {resumed_note(results)}" if resumed_note(results) else ""))
     return (f'<section id="verdict"><h1>Influence diagnostic report</h1><p class="badge">{badge}</p>'
             f'<p class="identity">{identity}</p><p class="key">{key}</p></section>')
 
@@ -294,7 +294,10 @@ def _performance(results: dict) -> str:
             f"(unprojected comparison, curvature similarity: {fmt_seconds(perf['diagnostics_seconds'])}) run "
             "interleaved with the solves, since they need each module's factors"
             + (", and are booked as their own phase." if "diagnostics" in perf["phase_seconds"] else "."))
+    resumed = resumed_note(results)
     return ('<section id="performance"><h2>Performance</h2>'
+            + (f'<p class="note"><b>{_e(resumed.capitalize())}</b>; the hatched bars below are the modules computed '
+               'then, with the seconds they took then.</p>' if resumed else "")
             + _img(figures.timeline(perf["phase_seconds"], split), "phase timeline")
             + f'<p class="note">{_e(note)}</p>'
             + _img(figures.solve_times(results["modules"]), "solve seconds per module")

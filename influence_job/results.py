@@ -92,7 +92,11 @@ class ModuleRecord(_Model):
     hessian_peak_mb: int = Field(description="Size of the dense D×D float64 curvature in MiB.")
     solver: str = Field(description="Route of the module's factorisations: kernel, dense or mixed(...).")
     damping: float | None = Field(description="λ of the global factorisation (null in per-prompt scope).")
-    solve_seconds: float
+    solve_seconds: float = Field(description="Seconds of the module's curvature and solves, in the attempt that "
+                                 "computed it (see resumed).")
+    resumed: bool = Field(
+        False, description="The module's contribution came from an earlier attempt's checkpoint: its seconds are that "
+        "attempt's, and not in performance (which is this attempt's).")
     diagnostic_seconds: float = Field(
         description="Seconds of the diagnostics computed from this module's factors (unprojected comparison, "
         "curvature similarity): in the phase 'diagnostics' (in results written before it: inside curvature_solve), "
@@ -220,10 +224,14 @@ class Environment(_Model):
 
 
 class Performance(_Model):
+    """This attempt's costs: a resumed run's wall time, phases, solves and diagnostics all cover the modules it
+    computed itself (modules[].resumed is false), never an earlier attempt's."""
+
     wall_seconds: float
     phase_seconds: dict[str, float]
-    hessian_solve_seconds: float
-    diagnostics_seconds: float = Field(description="Sum of the modules' diagnostic_seconds.")
+    hessian_solve_seconds: float = Field(description="Sum of the solve_seconds of the modules this attempt computed.")
+    diagnostics_seconds: float = Field(
+        description="Sum of the diagnostic_seconds of the modules this attempt computed.")
     peak_gpu_mem_bytes: int
     peak_host_mem_bytes: int
     rank_phase_seconds: list[dict[str, float]]

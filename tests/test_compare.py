@@ -75,8 +75,21 @@ def test_changed_damping_is_a_regression_naming_hinv(runs, capsys, timing_free):
 def test_changed_projection_seed_is_a_regression_naming_raw(runs, capsys):
     code, text = compare(capsys, runs["base"], runs["seed"])
     assert code == 1
-    assert text.startswith("verdict: REGRESSION")
-    assert "RAW.per_prompt.acc-acc.dot.mean" in text and "REGRESSION" in text.splitlines()[2]
+    settings, verdict, *_ = text.splitlines()
+    assert settings.startswith("settings differ: projection.seed (0 → 7).")  # said first, then judged
+    assert verdict.startswith("verdict: REGRESSION")
+    assert "RAW.per_prompt.acc-acc.dot.mean" in text and "REGRESSION" in text.splitlines()[3]
+
+
+def test_settings_that_differ_are_named_before_the_verdict(runs, capsys, timing_free):
+    code, out = as_json(capsys, runs["base"], runs["damping"], "--tolerances", timing_free)
+    assert out["settings_differ"] == ["curvature.damping (auto → 0.5)"]
+    code, text = compare(capsys, runs["base"], runs["damping"], "--format", "markdown")
+    assert text.startswith("**settings differ: curvature.damping (auto → 0.5).") and "**verdict: REGRESSION" in text
+    code, out = as_json(capsys, runs["base"], runs["same"], "--tolerances", timing_free)
+    assert out["settings_differ"] == []  # output paths and metrics settings do not count
+    code, text = compare(capsys, runs["base"], runs["same"], "--tolerances", timing_free)
+    assert text.startswith("verdict: PASS")
 
 
 @pytest.mark.parametrize("other,why", [("data", "the data records differ"),

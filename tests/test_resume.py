@@ -100,6 +100,15 @@ def test_sigkill_then_same_command_resumes(tiny_model_dir, data, uninterrupted, 
     assert got["results"]["checkpoint"]["resumed_modules"] == 3
     assert got["results"]["checkpoint"]["computed_modules"] == 11
     assert_same_result(got, uninterrupted)
+    # Every cost reported is this attempt's, and every report says the run was resumed.
+    modules, perf = got["results"]["modules"], got["results"]["performance"]
+    assert [m["resumed"] for m in modules] == [True] * 3 + [False] * 11
+    assert perf["hessian_solve_seconds"] == pytest.approx(sum(m["solve_seconds"] for m in modules[3:]), abs=1e-12)
+    assert perf["diagnostics_seconds"] == pytest.approx(sum(m["diagnostic_seconds"] for m in modules[3:]), abs=1e-12)
+    assert perf["hessian_solve_seconds"] <= perf["phase_seconds"]["curvature_solve"] <= perf["wall_seconds"]
+    note = "resumed: 3 of 14 modules from an earlier attempt; the times are this attempt's (11 modules computed)"
+    assert note in resumed.stdout and note in (out / "report.html").read_text()
+    assert note.capitalize() in (out / "report.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # checkpoint removed after success
 
 
