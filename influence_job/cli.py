@@ -368,12 +368,21 @@ def _command(args) -> int:
     return _run(cfg, args.fresh)
 
 
+def _check_data(cfg) -> None:
+    """The data file's existence and shape, before the model and the heavy libraries load (seconds later)."""
+    from influence_job.data import check_data_file, example_data_path
+
+    check_data_file(cfg.data.path or example_data_path(), cfg.data.format,
+                    cfg.data.columns.model_dump(exclude_none=True), cfg.data.accept_threshold)
+
+
 def _plan(args) -> int:
     import json
 
+    cfg = _resolve(args)
+    _check_data(cfg)
     from influence_job.plan import as_dict, make_plan, profile, render, workload
 
-    cfg = _resolve(args)
     ranks = args.ranks if args.ranks is not None else int(os.environ.get("WORLD_SIZE", "1"))
     if ranks < 1:
         raise InputError(f"--ranks {ranks}: a run needs at least one rank.")
@@ -417,6 +426,7 @@ def _run(cfg, fresh: bool = False) -> int:
     the run succeeded, failed validation or stopped on an error."""
     import time
 
+    _check_data(cfg)
     from influence_job.distributed import init_comm
     from influence_job.metrics import JobMetrics, push_summary
     from influence_job.pipeline import run_job  # heavy imports only when running

@@ -137,17 +137,12 @@ def _number(value, key: str, where: str) -> float:
     return float(value)
 
 
-def _parse_group(obj, index: int, where: str, tokenizer, vocab_size: int, threshold: float,
-                 response_wheres: list[str] | None = None):
+def _group_shape(obj, index: int, where: str, threshold: float, response_wheres: list[str] | None):
+    """What a prompt group must be before any token is looked at: (prompt id, and per response its where, object,
+    reward and accepted label). Needs no tokenizer, so `check_data_file` runs it before the model loads."""
     if not isinstance(obj, dict):
         raise InputError(f"{where}: each line must be a JSON object (one prompt group), got {type(obj).__name__}.")
     prompt_id = str(obj.get("prompt_id", f"line{index + 1}"))
-    prompt_ids = _text_or_ids(obj, "prompt", "prompt_token_ids", where, tokenizer, vocab_size)
-    if not prompt_ids:
-        raise InputError(
-            f"{where}: prompt {prompt_id!r} is empty; the first response token needs a prompt position "
-            "to be predicted from."
-        )
     responses = obj.get("responses")
     if not isinstance(responses, list):
         raise InputError(f"{where}: prompt {prompt_id!r} needs 'responses', a list of response objects.")
@@ -167,6 +162,20 @@ def _parse_group(obj, index: int, where: str, tokenizer, vocab_size: int, thresh
         accepted = resp.get("accepted", reward > threshold)
         if not isinstance(accepted, bool):
             raise InputError(f"{rwhere}: 'accepted' must be true or false, got {accepted!r}.")
+        out.append((rwhere, resp, reward, accepted))
+    return prompt_id, out
+
+
+def _parse_group(obj, index: int, where: str, prompt_id: str, shaped: list, tokenizer, vocab_size: int):
+    """A shaped prompt group (``_group_shape``) tokenised: its responses."""
+    prompt_ids = _text_or_ids(obj, "prompt", "prompt_token_ids", where, tokenizer, vocab_size)
+    if not prompt_ids:
+        raise InputError(
+            f"{where}: prompt {prompt_id!r} is empty; the first response token needs a prompt position "
+            "to be predicted from."
+        )
+    out = []
+    for j, (rwhere, resp, reward, accepted) in enumerate(shaped):
         ids = _text_or_ids(resp, "response", "response_token_ids", rwhere, tokenizer, vocab_size)
         if not ids:
             raise InputError(
@@ -188,7 +197,7 @@ def _parse_group(obj, index: int, where: str, tokenizer, vocab_size: int, thresh
                 response_tokens=tokens,
             )
         )
-    return prompt_id, out
+    return out
 
 
 def _fit_context(r: Response, max_length: int, on_overflow: str) -> None:
@@ -226,24 +235,40 @@ def load_dataset(
     fmt: str = "auto", columns: dict | None = None,
 ) -> Dataset:
     """Read, group, tokenise and check the data; every error names the file and line or row and the fix."""
-    path = Path(path)
     prompt_ids: list[str] = []
     responses: list[Response] = []
-    for where, obj, response_wheres in read_groups(path, fmt, columns or {}):
-        pid, group = _parse_group(obj, len(prompt_ids), where, tokenizer, vocab_size, threshold, response_wheres)
-        if pid in prompt_ids:
-            raise InputError(f"{where}: prompt_id {pid!r} already appeared earlier; prompt ids must be unique.")
+    for index, (where, obj, pid, shaped) in enumerate(_shaped_groups(Path(path), fmt, columns, threshold, True)):
+        responses.extend(_parse_group(obj, index, where, pid, shaped, tokenizer, vocab_size))
         prompt_ids.append(pid)
-        responses.extend(group)
-    if not responses:
-        raise InputError(f"data file {path} holds no prompt groups.")
     for r in responses:
         _fit_context(r, max_length, on_overflow)
     group_advantages(responses)
     return Dataset(prompt_ids=prompt_ids, responses=responses)
 
 
-def read_groups(path: Path, fmt: str, columns: dict):
+def check_data_file(path: Path, fmt: str = "auto", columns: dict | None = None, threshold: float = 0.0) -> None:
+    """The data file's existence, format, layout and group shapes, checked before the model and the heavy libraries
+    load (seconds), so that a wrong path or a malformed line is said at once. What needs the tokenizer (text, token
+    ids against the vocabulary, the context length) is checked when the data is loaded."""
+    for _ in _shaped_groups(Path(path), fmt, columns, threshold, False):
+        pass
+
+
+def _shaped_groups(path: Path, fmt: str, columns: dict | None, threshold: float, announce: bool):
+    """(where, group object, prompt id, shaped responses) of every prompt group, each group's shape checked and its
+    prompt id unique; ``announce`` logs the layout read."""
+    seen: set[str] = set()
+    for index, (where, obj, response_wheres) in enumerate(read_groups(path, fmt, columns or {}, announce)):
+        pid, shaped = _group_shape(obj, index, where, threshold, response_wheres)
+        if pid in seen:
+            raise InputError(f"{where}: prompt_id {pid!r} already appeared earlier; prompt ids must be unique.")
+        seen.add(pid)
+        yield where, obj, pid, shaped
+    if not seen:
+        raise InputError(f"data file {path} holds no prompt groups.")
+
+
+def read_groups(path: Path, fmt: str, columns: dict, announce: bool = True):
     """(where, group in the native grouped form, per-response wheres or None) for every prompt group.
 
     ``fmt``: 'grouped', 'flat', or 'auto' (Parquet is flat; a JSON Lines file is grouped when its first object
@@ -258,9 +283,10 @@ def read_groups(path: Path, fmt: str, columns: dict):
         rows, wheres = _jsonl_objects(path)
         layout = fmt if fmt != "auto" else ("grouped" if rows and isinstance(rows[0], dict)
                                             and "responses" in rows[0] else "flat")
-    log.info("data %s: %s layout (%s), %d %s", path, layout,
-             "one prompt group per line" if layout == "grouped" else "one response per row, grouped by prompt",
-             len(rows), "lines" if layout == "grouped" else "rows")
+    if announce:
+        log.info("data %s: %s layout (%s), %d %s", path, layout,
+                 "one prompt group per line" if layout == "grouped" else "one response per row, grouped by prompt",
+                 len(rows), "lines" if layout == "grouped" else "rows")
     if layout == "grouped":
         return [(w, obj, None) for w, obj in zip(wheres, rows, strict=True)]
     return group_flat_rows(rows, wheres, columns, path)

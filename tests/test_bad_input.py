@@ -150,3 +150,27 @@ def test_cuda_requested_without_a_gpu(capsys, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a visible GPU")
     expect_error(capsys, ["--set", "compute.device=cuda", "--output", str(tmp_path / "o")], "no CUDA device")
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "does not exist"),
+    ('{"prompt": "x", "responses": [\n', "not valid JSON"),
+    ('{"prompt": "x", "responses": [{"response": "a", "reward": 1}]}\n', "has 1 response(s)"),
+    ('{"prompt": "x", "responses": [{"response": "a"}, {"response": "b", "reward": 0}]}\n', "missing 'reward'"),
+])
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_a_bad_data_file_is_said_before_the_model_and_heavy_libraries_load(tmp_path, content, fragment, command):
+    """A wrong path or a malformed line is reported before torch, transformers or the model are imported (they take
+    seconds): the process ends with exit 2 and neither library was ever loaded."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "d.jsonl"
+    if content is not None:
+        data.write_text(content)
+    probe = ("import sys; from influence_job.cli import main; code = main(sys.argv[1:]); "
+             "print('loaded:', sorted(m for m in ('torch', 'transformers') if m in sys.modules)); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", probe, command, "--set", f"data.path={data}",
+                           "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in proc.stderr and "loaded: []" in proc.stdout
