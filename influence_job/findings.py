@@ -43,11 +43,25 @@ def module_shares(modules: list[dict], key) -> tuple[list, dict]:
     return names, out
 
 
+def random_weights_caveat(r: dict) -> str | None:
+    """For the built-in model, whose weights are seeded random numbers: its results test the pipeline, and what the
+    findings say about its tokens describes no trained model."""
+    builtin = (r.get("config") or {}).get("model", {}).get("builtin")
+    if not builtin:
+        return None
+    return (f"the built-in model {builtin} has seeded random weights: these numbers exercise the pipeline and are "
+            "not findings about a trained model (its 'most influential tokens' are noise). Set model.path to a "
+            "checkpoint directory for real results.")
+
+
 def findings(results: dict, rows: dict | None, tokens: list[list[str]] | None) -> list[str]:
     """Sentences computed from this run's numbers."""
     out = []
     val = results["validation"]
     failed = [c["name"] for c in val["checks"] if not c["passed"]]
+    caveat = random_weights_caveat(results)
+    if caveat:
+        out.append(caveat[0].upper() + caveat[1:])
     out.append("Every validation check passed." if val["passed"] else
                f"Validation FAILED: {', '.join(failed)} — read the numbers below with that in mind.")
     raw, hinv = per_prompt_cos(results, "raw"), per_prompt_cos(results, "hinv")

@@ -3,7 +3,9 @@ the number rules of influence_job.numbers (report.html follows the same)."""
 
 from __future__ import annotations
 
-from influence_job.findings import findings
+from pathlib import Path
+
+from influence_job.findings import findings, random_weights_caveat
 from influence_job.numbers import column_format, fmt, fmt_bytes, fmt_percent, fmt_seconds, format_rows
 from influence_job.similarity import CATEGORIES, SCOPES
 
@@ -186,5 +188,9 @@ def summary_lines(r: dict, out_dir) -> list[str]:
         *([resumed_note(r)] if resumed_note(r) else []),
         f"validation: {'PASSED' if val['passed'] else 'FAILED (' + ', '.join(failed) + ')'}",
         f"output: {out_dir}",
+        f"look at: {Path(out_dir) / 'report.html'} (heatmaps, distributions, token colours; report.md is the same "
+        "in text)",
     ]
-    return lines
+    caveat = random_weights_caveat(r)
+    return lines + ([f"note: {caveat}"] if caveat else [])
+

@@ -26,6 +26,10 @@ def test_default_run_through_console_script(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[capture] micro-batch" in proc.stderr and "[curvature_solve] module 14/14" in proc.stderr
     assert "validation: PASSED" in proc.stdout and str(out) in proc.stdout
+    # The end says where to look and that the built-in model's weights are random (so are its "findings").
+    assert f"look at: {out / 'report.html'}" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].startswith("note: the built-in model tiny-qwen2 has seeded random")
+    assert "seeded random weights" in (out / "report.md").read_text().split("## Projection")[0]
     assert sorted(p.name for p in out.iterdir()) == [".influence-job", "influence_rows.npz",
                                                       "influence_rows.parquet", "report.html", "report.md",
                                                       "results.json", "similarity.npz"]
@@ -94,7 +98,9 @@ def test_failed_validation_exits_1_and_says_so(tiny_model_dir, tiny_data, tmp_pa
                  "--set", f"data.path={tiny_data}", "--set", "projection.factor=4",
                  "--set", "validation.fidelity_sigma=1e-12", "--output", str(out)])
     assert code == 1
-    assert "validation: FAILED (projection_fidelity)" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "validation: FAILED (projection_fidelity)" in stdout
+    assert "seeded random" not in stdout  # a model directory: no caveat
     r = json.loads((out / "results.json").read_text())
     assert r["validation"]["passed"] is False
     assert [c["name"] for c in r["validation"]["checks"] if not c["passed"]] == ["projection_fidelity"]
