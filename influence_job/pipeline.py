@@ -201,8 +201,9 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
     with phases("load"):
         ds, model, selected, unprojected_name, model_name = load_inputs(cfg, device)
         if comm.is_root:
+            # Times need this CPU's rates, a second's probe the run does not need: on a CPU the line gives flops.
             log.info("%s", make_plan(cfg, workload_of(cfg, model_name, model.config, ds, model),
-                                     device_profile(device), comm.world).summary())
+                                     device_profile(device, measure=False), comm.world).summary())
         # Hashing the weight files reads them whole: rank 0 alone does it, and open_store shares the result.
         fp = fingerprint(cfg, ds) if comm.is_root else None
         store = open_store(cfg, fp, len(selected), fresh, write, comm)
@@ -315,10 +316,12 @@ def exchange_stage(cfg: JobConfig, ds: Dataset, local, remaining: list[int], sim
     layout = make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
     per_prompt = [(int(cap.row_offsets[e] - cap.row_offsets[s]), e - s) for s, e in layout.prompt_bounds]
     rows, responses = [r for r, _ in per_prompt], [n for _, n in per_prompt]
-    owners = None
-    if comm.is_root:  # one assignment for all ranks (a CPU's rates are measured, so they differ between ranks)
-        owners = assign_modules(module_seconds(cfg, local, rows, responses, sim_layers, comm.device), comm.world)
-    owners = comm.all_gather_object(owners, "share the modules' owners")[0]
+    if comm.world == 1:  # one owner: nothing to balance, no rates to measure
+        owners = [0] * len(local.modules)
+    else:  # rank 0 assigns for all ranks (a CPU's rates are measured, so they differ between ranks)
+        owners = (assign_modules(module_seconds(cfg, local, rows, responses, sim_layers, comm.device), comm.world)
+                  if comm.is_root else None)
+        owners = comm.all_gather_object(owners, "share the modules' owners")[0]
     owned = exchange_modules(local, owners, n_resp, n_rows, comm)
     return cap, layout, [(remaining[j], mf, exact) for j, mf, exact in owned]
 

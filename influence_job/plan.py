@@ -47,6 +47,7 @@ class DeviceProfile:
     host_overhead_bytes: float  # host memory a process on this device holds beyond its arrays (CUDA context)
     source: str
     gpu: bool = True
+    timed: bool = True  # False: rates not measured (all 1, so a route is picked by flops, as the engine does)
 
     def rate(self, kind: str) -> float:
         return self.rates[kind]
@@ -77,10 +78,15 @@ def _median_seconds(fn, repeats: int = 3) -> float:
 
 
 @functools.cache
-def cpu_profile() -> DeviceProfile:
-    """This machine's CPU, measured once per process (about half a second): GEMM rates for each dtype at n = 1,024
+def cpu_profile(measure: bool = True) -> DeviceProfile:
+    """This machine's CPU, measured once per process (about a second): GEMM rates for each dtype at n = 1,024
     and a float64 Cholesky at n = 2,048 (small sizes understate the rates of large factorisations), and the host
-    memory (MemTotal)."""
+    memory (MemTotal). ``measure=False``: the memory only, rates left at 1 (a plan of flops, no times), for a
+    run that needs no times and should not spend the second."""
+    if not measure:
+        return DeviceProfile("cpu", meminfo_bytes("MemTotal") or float("inf"), dict.fromkeys(
+            ("float64", "float64_factor", "float32", "tf32", "bfloat16", "float16"), 1.0), 0.0,
+            "this machine's CPU, rates not measured", gpu=False, timed=False)
     n = 1024
     rates = {}
     for kind, dtype in (("float64", torch.float64), ("float32", torch.float32), ("bfloat16", torch.bfloat16)):
@@ -176,11 +182,11 @@ def workload_of(cfg, name: str, config, ds, model) -> Workload:
     )
 
 
-def device_profile(device: torch.device) -> DeviceProfile:
+def device_profile(device: torch.device, measure: bool = True) -> DeviceProfile:
     """The profile of the device a run is on: its GPU's (H100/H200 rates; the memory the GPU reports), or this
-    CPU's, measured."""
+    CPU's, measured (``measure=False``: not, see cpu_profile)."""
     if device.type != "cuda":
-        return cpu_profile()
+        return cpu_profile(measure)
     props = torch.cuda.get_device_properties(device)
     base = PROFILES["h100" if "H100" in props.name else "h200"]
     return replace(base, name=props.name, memory_bytes=float(props.total_memory),
@@ -262,9 +268,15 @@ class Plan:
             routes[m.route] = routes.get(m.route, 0) + 1
         mem = (f"peak GPU {self.peak_device_bytes() / GiB:.1f} GiB, host {self.peak_host_bytes() / GiB:.1f} GiB"
                if self.device.gpu else f"peak memory {self.peak_host_bytes() / GiB:.1f} GiB")
-        return (f"plan ({self.device.name}, {self.ranks} rank{'s' if self.ranks > 1 else ''}): "
-                f"≈ {_secs(self.seconds())} (curvature+solve {_secs(self.seconds('curvature_solve'))}, "
-                f"diagnostics {_secs(self.seconds('diagnostics'))}; compute only, a floor), {mem}; routes "
+        if self.device.timed:
+            cost = (f"≈ {_secs(self.seconds())} (curvature+solve {_secs(self.seconds('curvature_solve'))}, "
+                    f"diagnostics {_secs(self.seconds('diagnostics'))}; compute only, a floor)")
+        else:
+            flops = {k: sum(p.flops for p in self.phases if k in (None, p.phase))
+                     for k in (None, "curvature_solve", "diagnostics")}
+            cost = (f"{_si(flops[None], 'flop')} (curvature+solve {_si(flops['curvature_solve'], 'flop')}, "
+                    f"diagnostics {_si(flops['diagnostics'], 'flop')}; times: influence-job plan --device cpu)")
+        return (f"plan ({self.device.name}, {self.ranks} rank{'s' if self.ranks > 1 else ''}): {cost}, {mem}; routes "
                 + ", ".join(f"{k} {v}" for k, v in sorted(routes.items()))
                 + (f"; {len(self.warnings)} warning(s)" if self.warnings else ""))
 

@@ -24,6 +24,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("capture_overhead.py", ["--tiny", "--device", "cpu", "--repeats", "1"], "capture vs plain forward+backward:"),
     ("gram_dtype_error.py", ["--small"], "λ = "),
     ("token_products.py", ["--small", "--repeats", "1"], "token products, factored vs explicit rows:"),
+    ("fixed_costs.py", ["--repeats", "1"], "fixed costs vs computation, warm"),
 ])
 def test_benchmark_runs_and_its_checks_can_fail(script, args, last, tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}

@@ -352,3 +352,27 @@ def test_ranks_balance_solves_and_the_diagnostics_beside_them(real_data):
     assert busy and all(mlp(r) < mlp(q) for r in busy for q in set(range(8)) - busy)
     other = sum(plan.seconds(p) for p in ("load", "capture", "exchange"))
     assert plan.seconds() == pytest.approx(other + max(ours), rel=1e-12)
+
+
+def test_a_one_rank_cpu_run_measures_no_rates_and_its_plan_line_gives_flops(monkeypatch, caplog):
+    """The CPU rate probe costs about a second of every small run: a run on one CPU rank neither plans times nor
+    balances ranks, so it must not probe (the probe fails here if called), and its plan line says flops."""
+    import logging
+
+    from influence_job import plan
+
+    def no_probe(*_args, **_kwargs):
+        raise AssertionError("the run measured this CPU's rates")
+
+    monkeypatch.setattr(plan, "_median_seconds", no_probe)
+    plan.cpu_profile.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="influence_job"):
+            result = pipeline.run_job(JobConfig(), write=False)
+        assert result.results["validation"]["passed"]
+        line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("plan (cpu, 1 rank)"))
+        assert "flop (curvature+solve" in line and "times: influence-job plan --device cpu" in line
+        with pytest.raises(AssertionError, match="measured"):
+            plan.cpu_profile()  # the planner's own times still measure (the probe is reached)
+    finally:
+        plan.cpu_profile.cache_clear()

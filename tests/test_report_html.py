@@ -270,19 +270,25 @@ def test_each_table_column_uses_one_notation(default_output):
 
 def test_no_figure_label_is_cut_off(default_output, caplog):
     """Every figure of the default page and of a 1,000-response page keeps its labels inside the image (the check
-    itself is shown to catch a colour bar whose labels run off the right edge)."""
+    itself is shown to catch a colour bar whose labels run off the right edge). Runs skip the check; tests turn it
+    on."""
     import logging
 
     from matplotlib.figure import Figure
 
-    from influence_job.figures import clipped_texts
+    from influence_job.figures import checking_clipping, clipped_texts, png
 
     fig = Figure(figsize=(4.6, 4.6))
     image = fig.add_axes((0.1, 0.04, 0.78, 0.78)).imshow(np.arange(25.0).reshape(5, 5) * 6000)
     fig.colorbar(image, cax=fig.add_axes((0.9, 0.04, 0.025, 0.78)))
     assert clipped_texts(fig)  # the layout report.html once had: '60000' drawn as '6000'
     results, sim, rows, tokens = read_output(default_output)
-    with caplog.at_level(logging.WARNING, logger="influence_job.figures"):
+    with caplog.at_level(logging.WARNING, logger="influence_job.figures"), checking_clipping():
         render_html(results, sim, rows, tokens)
         render_html(*synthetic_output(results))
-    assert [r.getMessage() for r in caplog.records] == []
+        assert [r.getMessage() for r in caplog.records] == []
+        png(fig)  # the bad layout above, through the same path: it is reported
+        reported = len(caplog.records)
+        assert reported and all("is cut off" in r.getMessage() for r in caplog.records)
+    png(fig)  # a run does not pay for the check (it draws every figure twice)
+    assert len(caplog.records) == reported
