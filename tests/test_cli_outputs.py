@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,10 @@ def test_default_run_through_console_script(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[capture] micro-batch" in proc.stderr and "[curvature_solve] module 14/14" in proc.stderr
+    phases = re.findall(r"^\[(\w+)\] \.\.\.$", proc.stderr, re.M)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    listed = readme.split("Progress goes to stderr phase by phase")[1].split("stdout ends")[0]
+    assert phases and all(f"[{p}]" in listed for p in phases), (phases, listed)  # README names every phase
     assert "validation: PASSED" in proc.stdout and str(out) in proc.stdout
     # The end says where to look and that the built-in model's weights are random (so are its "findings").
     assert f"look at: {out / 'report.html'}" in proc.stdout

@@ -166,3 +166,16 @@ def test_influence_rows_parquet_opens_in_pandas_and_duckdb(capsys, tiny_model_di
     by_prompt = duckdb.sql(f"select prompt_id, sum(len(scores)) from '{path}' group by prompt_id order by 1").fetchall()
     counts = {p: int(n) for p, n in by_prompt}
     assert sum(counts.values()) == len(ref["scores"])
+
+
+def test_default_prompt_ids_are_what_the_readme_says(tmp_path):
+    """Without a prompt id, a grouped file's prompts are line<N> and a flat table's p<K> (from 0), as README says."""
+    from influence_job.data import load_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(save_tiny_model(tmp_path / "m"))
+    groups = [{k: v for k, v in g.items() if k != "prompt_id"} for g in GROUPS]
+    grouped = load_dataset(write_jsonl(tmp_path / "g.jsonl", groups), tokenizer, 1000, 512)
+    flat = load_dataset(write_jsonl(tmp_path / "f.jsonl", flat_rows()), tokenizer, 1000, 512)
+    assert grouped.prompt_ids[:2] == ["line1", "line2"] and flat.prompt_ids[:2] == ["p0", "p1"]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "a grouped file's\n  prompt is `line<N>`" in readme and "a flat table's `p<K>`" in readme
