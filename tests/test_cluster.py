@@ -95,6 +95,15 @@ def test_decode_check_fails_where_argo_cannot_decode():
     assert any(p.startswith("spec.ttlStrategy.secondsAfterFailure") and "not an integer" in p for p in problems)
 
 
+@needs_schema
+def test_schema_patch_rejects_a_misspelled_key():
+    """Argo's field names (the schema, with unknown keys made errors): a misspelt key must not pass unnoticed and
+    its setting be lost."""
+    doc = hera_docs(ClusterSettings())[0]
+    doc["spec"]["templates"][0]["retryStrategi"] = doc["spec"]["templates"][0].pop("retryStrategy")
+    assert any("retryStrategi" in e for e in schema_errors(doc))
+
+
 def test_workflow_template_shape():
     wt = hera_docs(ClusterSettings())[0]
     run = next(t for t in wt["spec"]["templates"] if t["name"] == "run")
