@@ -281,7 +281,7 @@ def _cell(value) -> str:
     return str(value)
 
 
-def settings_line(cmp: Comparison) -> str | None:
+def _settings_line(cmp: Comparison) -> str | None:
     """Said before the verdict: the runs' settings differ, so moved numbers may be what the change was for."""
     if not cmp.settings:
         return None
@@ -294,7 +294,7 @@ def render(cmp: Comparison, fmt: str) -> str:
         return json.dumps({"verdict": cmp.verdict, "comparable": cmp.comparable, "reasons": cmp.reasons,
                            "note": cmp.note, "settings_differ": cmp.settings,
                            "regressions": len(cmp.regressions), "rows": [asdict(r) for r in cmp.rows]}, indent=2)
-    settings = settings_line(cmp)
+    settings = _settings_line(cmp)
     if settings:
         return (f"**{settings}**\n\n" if fmt == "markdown" else settings + "\n") + render(
             Comparison(cmp.comparable, cmp.reasons, cmp.rows, cmp.note), fmt)
