@@ -285,8 +285,8 @@ def _settings_line(cmp: Comparison) -> str | None:
     """Said before the verdict: the runs' settings differ, so moved numbers may be what the change was for."""
     if not cmp.settings:
         return None
-    return (f"settings differ: {'; '.join(cmp.settings)}. The runs are judged as the same job all the same: "
-            "differences these settings explain are expected, not regressions of the program.")
+    return (f"settings differ: {'; '.join(cmp.settings)}. The numbers below are judged as if the runs were the "
+            "same job, so a regression may be what these settings were changed for.")
 
 
 def render(cmp: Comparison, fmt: str) -> str:

@@ -151,7 +151,8 @@ def render_report(r: dict) -> str:
     parts += ["## Performance", *([f"**{resumed_note(r).capitalize()}.**"] if resumed_note(r) else []), table(
         ["measure", "value"],
         [["wall", fmt_seconds(perf["wall_seconds"])],
-         ["Hessian solves (all modules, summed over ranks)", fmt_seconds(perf["hessian_solve_seconds"])],
+         ["Hessian solves (the modules this run computed, summed over ranks)",
+          fmt_seconds(perf["hessian_solve_seconds"])],
          ["diagnostics (unprojected comparison, curvature similarity)", fmt_seconds(perf["diagnostics_seconds"])]]
         + phase_rows
         + [["peak GPU memory", fmt_bytes(perf["peak_gpu_mem_bytes"])],
@@ -181,8 +182,8 @@ def summary_lines(r: dict, out_dir) -> list[str]:
     lines += [
         f"(per-prompt pair means over {r['n_responses']} responses, {r['n_prompts']} prompts, "
         f"{len(r['modules'])} modules)",
-        f"rows emitted {val['rows_emitted']} ({r['influence']['skipped_rows']} of them skipped: prompts without "
-        "an accepted/rejected contrast), "
+        f"rows emitted {val['rows_emitted']} ({r['influence']['skipped_rows']} of them skipped: the responses of "
+        f"{len(r['influence']['skipped_prompts'])} prompt(s) without an accepted/rejected contrast), "
         f"wall {r['performance']['wall_seconds']:.1f} s, solve {r['performance']['hessian_solve_seconds']:.2f} s, "
         f"diagnostics {r['performance']['diagnostics_seconds']:.2f} s",
         *([resumed_note(r)] if resumed_note(r) else []),
