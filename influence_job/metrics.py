@@ -156,7 +156,8 @@ def summary_gauges(results: dict | None, wall_seconds: float) -> dict[str, tuple
         return out
     perf, val = results["performance"], results["validation"]
     out.update({
-        "run_hessian_solve_seconds": ("Curvature+solve seconds of the modules this run computed.", perf["hessian_solve_seconds"]),
+        "run_hessian_solve_seconds": ("Curvature+solve seconds of the modules this run computed.",
+                                      perf["hessian_solve_seconds"]),
         "run_peak_gpu_memory_bytes": ("Peak GPU memory allocated.", perf["peak_gpu_mem_bytes"]),
         "run_peak_host_memory_bytes": ("Peak host memory (RSS).", perf["peak_host_mem_bytes"]),
         "run_rows_emitted": ("Token-influence rows emitted.", val["rows_emitted"]),
