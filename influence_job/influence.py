@@ -1,4 +1,4 @@
-"""Token influence rows (DESIGN.md §2): per response token t of a response in prompt p,
+"""Token influence rows (docs/method.md): per response token t of a response in prompt p,
 
     score_t = Σ_m [ Σ_{r∈acc(p)} g_rᵀ H_p⁻¹ g_t − Σ_{r∈rej(p)} g_rᵀ H_p⁻¹ g_t ]
 
@@ -8,7 +8,7 @@ group advantage A_r of every response: w_p = Σ_r A_r g_r is the policy-gradient
 follow, with no accepted/rejected split). With exclude_self the response's own term leaves its tokens'
 w (for 'mean', its side's mean is then over the others; an emptied side contributes nothing). Prompts
 whose responses are all accepted or all rejected have no contrast: their rows carry NaN and are counted
-as skipped, whatever the aggregate (DESIGN.md §2).
+as skipped, whatever the aggregate (docs/method.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Two-sided random projections of per-module gradients (DESIGN.md §2).
+"""Two-sided random projections of per-module gradients (docs/method.md).
 
 P_in (k_in × d_in) and P_out (k_out × d_out) have independent ±1/√k entries, drawn from a generator
 seeded by the global seed and the module's qualified name, so every rank and every run draws the

@@ -147,7 +147,7 @@ def raw_reference(ref: Reference) -> torch.Tensor:
 
 
 def influence_reference(ref: Reference, source: str, aggregate="sum", exclude_self=False) -> list:
-    """Per response, the token scores of DESIGN.md §2 written as loops over responses r and tokens t.
+    """Per response, the token scores of docs/method.md written as loops over responses r and tokens t.
 
     sum:       Σ_{r∈acc(p)} g_rᵀ H_p⁻¹ g_t − Σ_{r∈rej(p)} g_rᵀ H_p⁻¹ g_t
     mean:      each side divided by its count (of the responses left on it)

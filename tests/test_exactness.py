@@ -34,7 +34,7 @@ def references(tiny_model_dir, tiny_data):
 
 
 def test_all_positions_gradient_is_the_weight_gradient(references):
-    """Σ_t δ_t x_tᵀ over all positions is autograd's weight gradient (the DESIGN's definition)."""
+    """Σ_t δ_t x_tᵀ over all positions is autograd's weight gradient (docs/method.md's definition)."""
     ref = references("none")
     for name in ref.full_grad:
         assert rel_err(ref.full_grad[name], ref.weight_grad[name]) < MODEL_RTOL

@@ -35,7 +35,7 @@ def test_dims_factor_cap_and_none():
 
 
 def test_qwen2_5_1_5b_projection_table_from_config_alone():
-    """Built on the meta device: no weights. DESIGN.md §2's table at factor 32."""
+    """Built on the meta device: no weights. docs/method.md's table at factor 32."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     fields = {k: v for k, v in qwen2_1_5b_config_dict().items() if k != "architectures"}

@@ -56,7 +56,7 @@ def test_the_quadratic_form_is_refined_to_second_order(rows_and_rhs, monkeypatch
     U, V, A = rows_and_rhs
     R = (U[:, :, None] * V[:, None, :]).reshape(U.shape[0], -1)
     H = R.T @ R
-    H.diagonal().add_(0.1 * float(H.trace()) / H.shape[0])  # the automatic damping, from DESIGN.md
+    H.diagonal().add_(0.1 * float(H.trace()) / H.shape[0])  # the automatic damping, from docs/method.md
     want = A @ torch.linalg.solve(H, A.T)
     real = curvature._pair_rows
     monkeypatch.setattr(curvature, "_pair_rows", lambda *a: round_tf32_(real(*a)))
