@@ -1,10 +1,7 @@
 """Command line: `run` computes the diagnostic, `config` shows its configuration; `render`, `submit` and
 `publish` are the cluster job's commands (the Argo objects, a run on an Argo server, the publish step).
 
-Exit codes: 0 success, 1 a validation check failed (outputs are written and say which), 2 bad input
-or configuration (one paragraph naming the problem and the fix; no traceback), 3 a collective across
-torchrun ranks failed (a rank died or timed out), 4 an unexpected failure (a bug, or the machine: memory,
-disk; the traceback is printed), 130/143 stopped by SIGINT/SIGTERM (one line; the previous output intact).
+Exit codes: influence_job/exit_codes.py (`influence-job --help` lists them).
 """
 
 from __future__ import annotations
@@ -19,9 +16,8 @@ from pathlib import Path
 
 from influence_job.config import check_run_words, dump_config, explain, load_config
 from influence_job.errors import DistributedError, InputError
+from influence_job.exit_codes import ExitCode, help_text
 from influence_job.stops import Stopped, signal_after_commit, stop_signals
-
-EXIT_OK, EXIT_VALIDATION, EXIT_INPUT, EXIT_DISTRIBUTED, EXIT_FAILURE = 0, 1, 2, 3, 4
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -38,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="influence-job",
         description="Gradient-similarity (RAW) and curvature-weighted (HINV) diagnostics between sampled "
         "responses of an RL-trained language model, with token influence rows.",
+        epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the diagnostic and write the output directory")
@@ -183,7 +180,7 @@ def _cluster(args) -> int:
 
     if args.command == "render" and args.explain:
         print("\n".join(explain(ClusterSettings, alias=True)))
-        return EXIT_OK
+        return ExitCode.OK
     overrides = args.overrides + ([f"gpus={args.gpus}"] if getattr(args, "gpus", None) is not None else [])
     settings = load_settings(args.values, overrides)
     check_run_words(settings.overrides, settings.model, settings.dataset, "cluster value overrides")
@@ -193,19 +190,19 @@ def _cluster(args) -> int:
         docs = {name: obj.to_yaml() for name, obj in build_all(settings).items()}
         if args.out == "-":
             print("---\n".join(docs.values()), end="")
-            return EXIT_OK
+            return ExitCode.OK
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         for name, text in docs.items():
             (out / name).write_text(text)
             print(out / name)
-        return EXIT_OK
+        return ExitCode.OK
     from influence_job.cluster.kube import api_client
     from influence_job.cluster.preflight import run_preflight
 
     if args.command == "preflight":
         run_preflight(settings, args.namespace, api=api_client(args.kubeconfig, args.context))
-        return EXIT_OK
+        return ExitCode.OK
     from influence_job.cluster.submit import submit
 
     if args.run_overrides is not None:
@@ -274,25 +271,25 @@ def main(argv: list[str] | None = None) -> int:
             return _command(args)
         except InputError as exc:
             print(f"influence-job: error: {exc}", file=sys.stderr)
-            return EXIT_INPUT
+            return ExitCode.INPUT
         except DistributedError as exc:
             print(f"influence-job: error: {exc}", file=sys.stderr)
-            return EXIT_DISTRIBUTED
+            return ExitCode.DISTRIBUTED
         except Stopped as stop:
             print(f"influence-job: {_stop_line(stop, args)}", file=sys.stderr)
             return stop.exit_code
         except BrokenPipeError:  # stdout closed early (e.g. `| head`): stop quietly, as other commands do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 141
+            return ExitCode.PIPE
         except KeyboardInterrupt:  # a SIGINT outside the handlers' reach (another thread's command)
             print("influence-job: stopped by SIGINT", file=sys.stderr)
-            return 130
+            return ExitCode.SIGINT
         except Exception as exc:  # noqa: BLE001 - one exit code for every unexpected failure, with its trace
             traceback.print_exc()
             print(f"influence-job: error: unexpected failure ({type(exc).__name__}: {exc}); see the traceback "
                   "above. Exit code 4 means a bug or the machine (memory, disk), not your input.",
                   file=sys.stderr)
-            return EXIT_FAILURE
+            return ExitCode.FAILURE
 
 
 def _stop_line(stop: Stopped, args) -> str:
@@ -340,20 +337,20 @@ def _command(args) -> int:
 
         record = promote(args.run, args.to, args.reason)
         print(f"baseline {args.to} is now {record['run']} ({record['promoted_by']}, {record['promoted_at']})")
-        return EXIT_OK
+        return ExitCode.OK
     if args.command == "report":
         from influence_job.report_html import regenerate
 
         for path in regenerate(args.output, tuple(args.format or ("html", "md"))):
             print(path)
-        return EXIT_OK
+        return ExitCode.OK
     if args.command == "schema":
         import json
 
         from influence_job.results import results_schema
 
         print(json.dumps(results_schema(), indent=2))
-        return EXIT_OK
+        return ExitCode.OK
     if args.command == "plan":
         return _plan(args)
     if args.command == "config":
@@ -361,7 +358,7 @@ def _command(args) -> int:
             print("\n".join(explain()))
         else:
             print(dump_config(_resolve(args)), end="")
-        return EXIT_OK
+        return ExitCode.OK
     cfg = _resolve(args)
     if args.keep_checkpoint:
         cfg.output.keep_checkpoint = True
@@ -389,7 +386,7 @@ def _plan(args) -> int:
     device = args.device or ("h200" if cfg.compute.device == "cuda" else "cpu")
     plan = make_plan(cfg, workload(cfg), profile(device), ranks)
     print(json.dumps(as_dict(plan), indent=2) if args.json else render(plan))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _compare(args) -> int:
@@ -448,13 +445,13 @@ def _run(cfg, fresh: bool = False) -> int:
             metrics.sample_memory()
         comm.close()
     if not comm.is_root:
-        return EXIT_OK
+        return ExitCode.OK
     print("\n".join(summary_lines(results, cfg.output.dir)))
     late = signal_after_commit()
     if late:
         print(f"influence-job: {late} arrived while the result was being written; the write finished first, "
               f"so the new result {cfg.output.dir} is complete.", file=sys.stderr)
-    return EXIT_OK if results["validation"]["passed"] else EXIT_VALIDATION
+    return ExitCode.OK if results["validation"]["passed"] else ExitCode.CHECK_FAILED
 
 
 if __name__ == "__main__":

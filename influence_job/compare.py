@@ -31,9 +31,9 @@ from pydantic import Field
 from influence_job.checkpoint import changed_settings, settings_part
 from influence_job.config import _Section, read_yaml_mapping, validate_with_overrides
 from influence_job.errors import InputError
+from influence_job.exit_codes import ExitCode
 from influence_job.results import Results, read_results
 
-EXIT_OK, EXIT_REGRESSION, EXIT_INPUT, EXIT_NOT_COMPARABLE = 0, 1, 2, 5
 ORDER = {"regression": 0, "not comparable": 0, "improvement": 1, "not judged": 2, "ok": 3}
 
 
@@ -111,8 +111,8 @@ class Comparison:
     @property
     def exit_code(self) -> int:
         if not self.comparable:
-            return EXIT_NOT_COMPARABLE
-        return EXIT_REGRESSION if self.regressions else EXIT_OK
+            return ExitCode.NOT_COMPARABLE
+        return ExitCode.CHECK_FAILED if self.regressions else ExitCode.OK
 
 
 def _identity(b: Results, c: Results) -> list[str]:

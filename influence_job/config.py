@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from influence_job.errors import InputError
 
 MODULE_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-BUILTIN_MODELS = ("tiny-qwen2", "qwen2.5-1.5b-random")
 
 
 class _Section(BaseModel):

@@ -81,12 +81,6 @@ class Comm:
             return None
         return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
 
-    def sum_to_root(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
-        if self.world > 1:
-            with self.step(what):
-                dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
-        return tensor
-
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

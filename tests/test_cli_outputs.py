@@ -192,3 +192,20 @@ def test_terminal_shows_a_progress_bar_per_phase(tmp_path):
     text = out.decode(errors="replace")
     assert "capture: 100%" in text and "curvature_solve: 100%" in text and "14/14" in text
     assert "[capture] micro-batch" not in text  # the log-line form is for non-terminals
+
+
+def test_exit_codes_have_one_definition_that_help_readme_and_the_retry_expression_share(capsys):
+    """influence_job/exit_codes.py is the one home of the exit codes: README's table is its output, `--help` lists
+    them, and the cluster retries exactly its transient codes (and an attempt without one, "-1")."""
+    from influence_job.cluster.workflows import RETRY_EXPRESSION
+    from influence_job.exit_codes import TRANSIENT, ExitCode, table
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert table() in readme
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(f"{int(c):>3}  {c.meaning[:40]}" in out for c in ExitCode)
+    retried = re.search(r"lastRetry.exitCode in \[([^]]*)\]", RETRY_EXPRESSION).group(1)
+    assert retried == ", ".join(f'"{c}"' for c in ("-1", *map(int, TRANSIENT)))
+    assert {int(c) for c in TRANSIENT} == {3, 137, 143}

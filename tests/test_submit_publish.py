@@ -257,7 +257,8 @@ SCENARIOS = {
         _container("main", {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}),
         _container("metrics", {"terminated": {"exitCode": 143, "reason": "Error"}})]}),
         [], _failed_run("OOMKilled (exit code 137)", "137"),
-        ["step run: Failed, exit code 137 (killed (SIGKILL: the OOM killer or the kubelet); retried): OOMKilled",
+        ["step run: Failed, exit code 137 (killed by SIGKILL (the OOM killer or the kubelet): the checkpoint keeps "
+         "the finished modules; retried): OOMKilled",
          f"pod {POD} (influence-diagnostic-x7k2p[0].run): container main: OOMKilled (exit 137): it used more than "
          "the memory limit 256Gi; raise memory"]),
     "evicted": (_pod({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}),

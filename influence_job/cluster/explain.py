@@ -4,16 +4,11 @@ evictions), each with what to do about it."""
 
 from __future__ import annotations
 
-# The job's exit codes (README: exit codes), as the run step reports them.
-EXIT_MEANINGS = {
-    1: "validation failed: results.json has the failed checks",
-    2: "bad input: the step's log names the field and the fix",
-    3: "a rank failed or timed out (NCCL, a lost GPU); retried",
-    4: "an unexpected failure: the step's log has the traceback",
-    130: "stopped by SIGINT",
-    137: "killed (SIGKILL: the OOM killer or the kubelet); retried",
-    143: "stopped by SIGTERM (eviction, preemption, deletion); retried",
-}
+from influence_job.exit_codes import TRANSIENT, ExitCode
+
+# What the run step's exit code means (influence_job/exit_codes.py), and whether the cluster retries it.
+EXIT_MEANINGS = {int(c): c.meaning + ("; retried" if c in TRANSIENT else "")
+                 for c in ExitCode if c not in (ExitCode.OK, ExitCode.NOT_COMPARABLE, ExitCode.TIMED_OUT)}
 WAITING = {
     "ImagePullBackOff": "the image cannot be pulled: check the image (--set image=REPO:TAG) and the pull secret",
     "ErrImagePull": "the image cannot be pulled: check the image (--set image=REPO:TAG) and the pull secret",

@@ -11,9 +11,9 @@ from hera.workflows import WorkflowsService
 from hera.workflows.models import WorkflowCreateRequest
 
 from influence_job.errors import InputError
+from influence_job.exit_codes import ExitCode
 
 FINAL_PHASES = ("Succeeded", "Failed", "Error")
-TIMED_OUT = 124  # as timeout(1): still running when --timeout ran out
 
 
 def _explain(exc: Exception, server: str, namespace: str, token_env: str | None) -> InputError:
@@ -81,7 +81,7 @@ def submit(workflow, server: str, namespace: str, token_env: str | None = None, 
     if wf is None:
         echo(f"gave up waiting after {timeout_seconds:.0f} s: workflow {name} is still running. Follow it with "
              f"`argo -n {namespace} watch {name}`, or wait longer with --timeout.")
-        return TIMED_OUT
+        return ExitCode.TIMED_OUT
     phase = wf.status.phase
     echo(f"workflow {name} finished: {phase}" + (f" ({wf.status.message})" if wf.status.message else ""))
     outputs = wf.status.outputs.parameters if wf.status.outputs and wf.status.outputs.parameters else []

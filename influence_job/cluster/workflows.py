@@ -25,6 +25,7 @@ from hera.workflows import (
 from hera.workflows import models as m
 
 from influence_job.cluster.settings import ClusterSettings
+from influence_job.exit_codes import TRANSIENT
 
 LABELS = {"app.kubernetes.io/name": "influence-job", "app.kubernetes.io/part-of": "influence-job"}
 RESULTS_DIR = "/results/{{workflow.name}}"
@@ -52,14 +53,16 @@ FAILED_CHECKS = "failed-checks"
 # - a Failure with no exit code (Argo passes "-1"): the container never ran or never reported, so the job itself
 #   decided nothing — the node rejected the pod at admission ("Pod was rejected: ...", e.g. the GPU device plugin
 #   not ready yet) or it failed before start with no message at all; the retry limit bounds the attempts;
-# - a Failure with exit 137 (SIGKILL: the OOM killer, a kubelet kill), 143 (SIGTERM before the pod was gone) or 3
-#   (a torchrun rank died or timed out: NCCL errors and lost GPUs are usually transient), or whose message says
+# - a Failure with a transient exit code (exit_codes.TRANSIENT: 137 SIGKILL, the OOM killer, a kubelet kill; 143
+#   SIGTERM before the pod was gone; 3 a torchrun rank died or timed out: NCCL errors and lost GPUs are usually
+#   transient), or whose message says
 #   the kubelet evicted it, the node went away or rejected the pod;
 # - never exit 1 (validation failed), 2 (bad input) or 4 (a bug): those are deterministic.
 # Argo passes lastRetry.exitCode as a string.
+_RETRIED_CODES = ", ".join(f'"{c}"' for c in ("-1", *map(int, TRANSIENT)))  # as strings, as Argo passes them
 RETRY_EXPRESSION = (
-    'lastRetry.status == "Error" || (lastRetry.status == "Failed" && (lastRetry.exitCode in ["-1", "3", "137", '
-    '"143"] || lastRetry.message matches "(?i)(evict|low on resource|preempt|node .*(lost|shutdown)|rejected)"))'
+    f'lastRetry.status == "Error" || (lastRetry.status == "Failed" && (lastRetry.exitCode in [{_RETRIED_CODES}] '
+    '|| lastRetry.message matches "(?i)(evict|low on resource|preempt|node .*(lost|shutdown)|rejected)"))'
 )
 RUN_INPUTS = ("image", "model", "dataset", "overrides", "gpus", "gpu-product")
 GPU_RESOURCE = "nvidia.com/gpu"
