@@ -17,7 +17,7 @@ import torch
 from common import Agreement
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from influence_job.capture import _make_batch, _token_log_probs, capture, kept_rows
+from influence_job.capture import capture, kept_rows, make_batch, token_log_probs
 from influence_job.config import JobConfig
 from influence_job.data import Dataset, Response, micro_batches
 from influence_job.model import DTYPES, builtin_config, select_modules
@@ -41,10 +41,10 @@ def plain(model, ds: Dataset, cfg, device) -> np.ndarray:
     offsets = np.concatenate([[0], np.cumsum(kept_rows(ds, cfg.positions))])
     embed = model.get_input_embeddings()
     for index in micro_batches([r.length for r in ds.responses], cfg.compute.micro_batch_tokens):
-        b = _make_batch(ds, index, cfg.positions, cfg.objective, offsets, device)
+        b = make_batch(ds, index, cfg.positions, cfg.objective, offsets, device)
         embeds = embed(b.input_ids).detach().requires_grad_(True)
         logits = model(inputs_embeds=embeds, attention_mask=b.attention, use_cache=False).logits
-        target, _ = _token_log_probs(logits, b)
+        target, _ = token_log_probs(logits, b)
         per_seq = (target * b.predict[:, :-1]).sum(-1)
         (per_seq.double() * b.weight).sum().backward()
         log_prob[index] = per_seq.detach().double().cpu().numpy()

@@ -50,7 +50,7 @@ class Capture:
 
 
 @dataclass
-class _Batch:
+class Batch:
     index: list[int]  # response indices (input order) in this micro-batch
     input_ids: torch.Tensor
     attention: torch.Tensor
@@ -68,8 +68,8 @@ def kept_rows(ds: Dataset, positions: str) -> np.ndarray:
     return np.array([r.length if positions == "all" else len(r.response_ids) for r in ds.responses], dtype=np.int64)
 
 
-def _make_batch(ds: Dataset, index: list[int], positions: str, objective: str, offsets: np.ndarray,
-                device) -> _Batch:
+def make_batch(ds: Dataset, index: list[int], positions: str, objective: str, offsets: np.ndarray,
+                device) -> Batch:
     seqs = [ds.responses[i].prompt_ids + ds.responses[i].response_ids for i in index]
     width = max(len(s) for s in seqs)
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -87,7 +87,7 @@ def _make_batch(ds: Dataset, index: list[int], positions: str, objective: str, o
     )
     dest = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in index])
     keep_flat = torch.nonzero(keep.flatten()).flatten()
-    return _Batch(index, ids.to(device), attention.to(device), keep.to(device), predict.to(device), weight.to(device),
+    return Batch(index, ids.to(device), attention.to(device), keep.to(device), predict.to(device), weight.to(device),
                   dest.to(device), keep_flat.to(device), keep, predict)
 
 
@@ -116,7 +116,7 @@ class _Hooks:
                 entry["raw"] = torch.zeros(n, mod.out_features * mod.in_features, dtype=torch.float64, device=device)
             self.entries.append(entry)
             self.handles.append(mod.register_forward_hook(self._forward(entry)))
-        self.batch: _Batch | None = None
+        self.batch: Batch | None = None
 
     def _forward(self, entry):
         def hook(_mod, inputs, output):
@@ -149,10 +149,10 @@ class _Hooks:
             h.remove()
 
 
-SOFTMAX_CHUNK_ELEMENTS = 2**26  # vocabulary entries of one chunk of _token_log_probs (256 MiB in float32)
+SOFTMAX_CHUNK_ELEMENTS = 2**26  # vocabulary entries of one chunk of token_log_probs (256 MiB in float32)
 
 
-def _token_log_probs(logits: torch.Tensor, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def token_log_probs(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """log π of each next token at every position, and the policy entropy there (no grad).
 
     In position chunks: log π(y) = x_y − logsumexp(x) and H = logsumexp(x) − Σ softmax(x)·x, so that neither a
@@ -201,11 +201,11 @@ def capture(
     batches = micro_batches([r.length for r in ds.responses], cfg.compute.micro_batch_tokens)
     try:
         for k, index in enumerate(batches):
-            b = _make_batch(ds, index, cfg.positions, cfg.objective, offsets, device)
+            b = make_batch(ds, index, cfg.positions, cfg.objective, offsets, device)
             hooks.batch = b
             embeds = embed(b.input_ids).detach().requires_grad_(True)
             logits = model(inputs_embeds=embeds, attention_mask=b.attention, use_cache=False).logits
-            target, ent = _token_log_probs(logits, b)
+            target, ent = token_log_probs(logits, b)
             pred = b.predict[:, :-1]
             per_seq = (target * pred).sum(-1)
             if not torch.isfinite(per_seq).all():

@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import Field
 
 from influence_job.checkpoint import changed_settings, settings_part
-from influence_job.config import _Section, read_yaml_mapping, validate_with_overrides
+from influence_job.config import Section, read_yaml_mapping, validate_with_overrides
 from influence_job.errors import InputError
 from influence_job.exit_codes import ExitCode
 from influence_job.results import Results, read_results
@@ -37,7 +37,7 @@ from influence_job.results import Results, read_results
 ORDER = {"regression": 0, "not comparable": 0, "improvement": 1, "not judged": 2, "ok": 3}
 
 
-class NumberTolerances(_Section):
+class NumberTolerances(Section):
     rtol: float = Field(1e-3, ge=0, description="Relative tolerance of every statistic: |c − b| ≤ atol + rtol·|b|.")
     cos_atol: float = Field(1e-4, ge=0, description="Absolute tolerance of cosine statistics (scale-free).")
     dot_atol: float = Field(
@@ -50,7 +50,7 @@ class NumberTolerances(_Section):
     )
 
 
-class CostBudgets(_Section):
+class CostBudgets(Section):
     """A cost regresses when candidate > budget × baseline + slack: the ratio catches real slow-downs of long
     runs, the absolute slack keeps machine noise on short ones (seconds of jitter) from failing a nightly."""
 
@@ -63,7 +63,7 @@ class CostBudgets(_Section):
     memory_slack_bytes: float = Field(2**28, ge=0, description="Absolute slack of both memory budgets (256 MiB).")
 
 
-class Tolerances(_Section):
+class Tolerances(Section):
     """`compare --tolerances FILE`: a YAML mapping with these sections; every key optional."""
 
     numbers: NumberTolerances = Field(default_factory=NumberTolerances)

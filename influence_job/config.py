@@ -20,11 +20,11 @@ from influence_job.errors import InputError
 MODULE_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     builtin: Literal["tiny-qwen2", "qwen2.5-1.5b-random"] | None = Field(
         None,
         description="A model built in code with seeded random weights: 'tiny-qwen2' (the default run and "
@@ -57,7 +57,7 @@ class ModelConfig(_Section):
         return self
 
 
-class ColumnsConfig(_Section):
+class ColumnsConfig(Section):
     """Which column of a flat table (one row per response) holds each field; unset: the first default present."""
 
     prompt: str | None = Field(None, description="Prompt text or chat messages.",
@@ -79,7 +79,7 @@ class ColumnsConfig(_Section):
                                            json_schema_extra={"default_text": "response_token_ids"})
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     path: Path | None = Field(
         None,
         description="JSON Lines or Parquet file (see README, Input data). Empty: the bundled example "
@@ -98,7 +98,7 @@ class DataConfig(_Section):
     )
 
 
-class ProjectionConfig(_Section):
+class ProjectionConfig(Section):
     kind: Literal["rademacher", "none"] = Field(
         "rademacher",
         description="'rademacher': two-sided random ±1/sqrt(k) projection; 'none': identity (exact, "
@@ -118,7 +118,7 @@ class ProjectionConfig(_Section):
         return v
 
 
-class CurvatureConfig(_Section):
+class CurvatureConfig(Section):
     source: Literal["token", "response"] = Field(
         "token",
         description="'token': H = sum_t g_t g_t^T + λI over token positions (the default diagnostic); "
@@ -155,7 +155,7 @@ class CurvatureConfig(_Section):
         raise ValueError(f"must be 'auto' or a positive number such as 0.001, got {v!r}")
 
 
-class InfluenceConfig(_Section):
+class InfluenceConfig(Section):
     enabled: bool = Field(True, description="Emit the token influence rows (one per response).")
     aggregate: Literal["sum", "mean", "advantage"] = Field(
         "sum",
@@ -166,7 +166,7 @@ class InfluenceConfig(_Section):
     exclude_self: bool = Field(False, description="Drop the response's own term from its tokens' scores.")
 
 
-class DiagnosticsConfig(_Section):
+class DiagnosticsConfig(Section):
     unprojected_module: str | None = Field(
         "auto",
         description="Module for the exact unprojected comparison: 'auto' is the middle layer's k_proj "
@@ -180,7 +180,7 @@ class DiagnosticsConfig(_Section):
     )
 
 
-class ComputeConfig(_Section):
+class ComputeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
     micro_batch_tokens: int = Field(
         8192, ge=1, description="Token budget of one micro-batch (sequences × padded length)."
@@ -209,7 +209,7 @@ class ComputeConfig(_Section):
     )
 
 
-class ValidationConfig(_Section):
+class ValidationConfig(Section):
     fidelity_sigma: float = Field(
         3.0,
         gt=0,
@@ -219,7 +219,7 @@ class ValidationConfig(_Section):
     )
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     dir: Path | None = Field(
         None,
         description="prometheus-client multiprocess directory shared with `influence-job exporter`; empty: "
@@ -235,7 +235,7 @@ class MetricsConfig(_Section):
                                  json_schema_extra={"default_text": "the host name"})
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     dir: Path = Field(
         Path("influence-output"),
         description="Directory the run writes, replaced atomically as a whole. An existing directory is replaced "
@@ -254,7 +254,7 @@ class OutputConfig(_Section):
     )
 
 
-class JobConfig(_Section):
+class JobConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     objective: Literal["log_prob", "advantage_log_prob"] = Field(

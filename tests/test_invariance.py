@@ -69,7 +69,7 @@ def test_chunked_log_probs_and_entropies_equal_the_whole_log_softmax(monkeypatch
     logits = torch.randn(2, 11, 50, generator=g, dtype=torch.float64, requires_grad=True)
     ids = torch.randint(0, 50, (2, 11), generator=g)
     monkeypatch.setattr(capture, "SOFTMAX_CHUNK_ELEMENTS", 3 * 2 * 50)
-    target, entropy = capture._token_log_probs(logits, SimpleNamespace(input_ids=ids))
+    target, entropy = capture.token_log_probs(logits, SimpleNamespace(input_ids=ids))
     (grad,) = torch.autograd.grad(target.sum(), logits)
     logp = torch.log_softmax(logits[:, :-1], dim=-1)
     expected = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)

@@ -278,7 +278,7 @@ def test_capture_keeps_one_micro_batch_of_activations(tiny_model_dir, tiny_data,
 
     cfg = exact_config(tiny_model_dir, tiny_data, diagnostics={"unprojected_module": None})
     batches: list[list] = []
-    real_forward, real_log_probs = capture_mod._Hooks._forward, capture_mod._token_log_probs
+    real_forward, real_log_probs = capture_mod._Hooks._forward, capture_mod.token_log_probs
 
     def forward(self, entry):
         hook = real_forward(self, entry)
@@ -299,7 +299,7 @@ def test_capture_keeps_one_micro_batch_of_activations(tiny_model_dir, tiny_data,
         return real_log_probs(logits, batch)
 
     monkeypatch.setattr(capture_mod._Hooks, "_forward", forward)
-    monkeypatch.setattr(capture_mod, "_token_log_probs", log_probs)
+    monkeypatch.setattr(capture_mod, "token_log_probs", log_probs)
     ds, model, selected, _, _ = pipeline.load_inputs(cfg, torch.device("cpu"))
     pipeline.capture_inputs(cfg, ds, model, selected, None, torch.device("cpu"))
     assert len(batches) > 2  # micro_batch_tokens 40: several batches

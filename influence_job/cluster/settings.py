@@ -17,11 +17,11 @@ DNS_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 CRON = r"^[0-9*/,\-A-Za-z?LW#]+( [0-9*/,\-A-Za-z?LW#]+){4}$"
 
 
-class _Base(BaseModel):
+class SettingsModel(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
 
-class NightlySettings(_Base):
+class NightlySettings(SettingsModel):
     enabled: bool = Field(True, description="Install the nightly CronWorkflow.")
     schedule: str = Field("0 2 * * *", pattern=CRON, description="Cron schedule (five fields) of the nightly run.")
     timezone: str = Field("UTC", description="Time zone of the schedule (IANA name).")
@@ -47,7 +47,7 @@ class NightlySettings(_Base):
     starting_deadline_seconds: int = Field(3600, ge=0, description="How late a missed schedule may still start.")
 
 
-class SemaphoreSettings(_Base):
+class SemaphoreSettings(SettingsModel):
     """An Argo semaphore shared by every workflow of this template and the nightly (off by default): its limit, a
     number in a ConfigMap, is how many may hold the GPU pool at once, so nightly and ad-hoc runs queue."""
 
@@ -55,7 +55,7 @@ class SemaphoreSettings(_Base):
     key: str = Field("influence-job", min_length=1, description="Key of the limit in that ConfigMap.")
 
 
-class ArtifactRepositorySettings(_Base):
+class ArtifactRepositorySettings(SettingsModel):
     """Argo artifacts are opt-in: without a repository the publish step saves none (the report stays on the
     results volume and in the step's log), so a cluster without a default artifact repository still works."""
 
@@ -64,7 +64,7 @@ class ArtifactRepositorySettings(_Base):
     key: str = Field("default-v1", min_length=1, description="Key of the repository in that ConfigMap.")
 
 
-class SecuritySettings(_Base):
+class SecuritySettings(SettingsModel):
     """Pod and container security of every step. The image runs as UID 10001; fsGroup makes a fresh results
     volume writable by it (the kubelet changes the volume's group on first mount)."""
 
@@ -88,7 +88,7 @@ class SecuritySettings(_Base):
         "token Secret (executor.serviceAccountName).")
 
 
-class ClusterSettings(_Base):
+class ClusterSettings(SettingsModel):
     name: str = Field("influence-diagnostic", pattern=DNS_NAME, description="WorkflowTemplate name.")
     namespace: str | None = Field(None, description="Namespace of the Argo objects (the chart sets its own).")
     image: str = Field(
