@@ -27,8 +27,8 @@ class ExitCode(IntEnum):
     NOT_COMPARABLE = 5, "compare: the runs are not comparable (other data, model, modules or projection shape)"
     TIMED_OUT = 124, "submit --wait: the workflow was still running when --timeout ran out"
     SIGINT = 130, "stopped by SIGINT: one line says so; the previous output is intact"
-    PIPE = 141, "stdout was closed early (e.g. piped into head): the command stopped quietly"
     SIGKILL = 137, "killed by SIGKILL (the OOM killer or the kubelet): the checkpoint keeps the finished modules"
+    PIPE = 141, "stdout was closed early (e.g. piped into head): the command stopped quietly"
     SIGTERM = 143, ("stopped by SIGTERM (eviction, preemption, deletion): one line says so; the previous output is "
                     "intact")
 
