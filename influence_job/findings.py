@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from influence_job.numbers import fmt, fmt_percent
+from influence_job.number_format import fmt, fmt_percent
 from influence_job.similarity import CATEGORIES
 
 

@@ -1,17 +1,17 @@
 """report.md and the terminal summary: the original report's tables, rendered from results.json's dict, with
-the number rules of influence_job.numbers (report.html follows the same)."""
+the number rules of influence_job.number_format (report.html follows the same)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from influence_job.findings import findings, random_weights_caveat
-from influence_job.numbers import column_format, fmt, fmt_bytes, fmt_percent, fmt_seconds, format_rows
+from influence_job.number_format import column_format, fmt, fmt_bytes, fmt_percent, fmt_seconds, format_rows
 from influence_job.similarity import CATEGORIES, SCOPES
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    """A Markdown table; each column's numbers share one notation (influence_job.numbers)."""
+    """A Markdown table; each column's numbers share one notation (influence_job.number_format)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in format_rows(rows)]
     return "\n".join(lines)

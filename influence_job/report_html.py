@@ -20,7 +20,7 @@ import numpy as np
 
 from influence_job import figures
 from influence_job.findings import findings, locate_token, module_shares
-from influence_job.numbers import fmt, fmt_percent, fmt_seconds, format_rows
+from influence_job.number_format import fmt, fmt_percent, fmt_seconds, format_rows
 from influence_job.report import UNPROJECTED_HEADER, curvature_solve_split, resumed_note, unprojected_rows
 from influence_job.similarity import CATEGORIES, SCOPES, cosine
 

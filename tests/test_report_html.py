@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from influence_job.cli import main
-from influence_job.numbers import column_format, format_rows
+from influence_job.number_format import column_format, format_rows
 from influence_job.report_html import AGGREGATE_ABOVE, read_output, render_html
 
 ROOT = Path(__file__).resolve().parents[1]
