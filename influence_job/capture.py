@@ -18,7 +18,7 @@ from torch import nn
 
 from influence_job.data import Dataset, micro_batches
 from influence_job.errors import InputError
-from influence_job.model import layer_index, module_kind
+from influence_job.model import DTYPES, layer_index, module_kind
 from influence_job.projection import Dims, projected_dims, projection_matrices
 
 log = logging.getLogger(__name__)
@@ -184,9 +184,7 @@ def capture(
 ) -> Capture:
     """Run every micro-batch forward and backward once and return the per-module factors."""
     dtype = next(model.parameters()).dtype
-    factor_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}[
-        cfg.compute.factor_dtype
-    ]
+    factor_dtype = DTYPES[cfg.compute.factor_dtype]
     if dtype == torch.float64:
         factor_dtype = torch.float64  # an exact float64 run keeps exact factors
     n = ds.n

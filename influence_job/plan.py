@@ -31,6 +31,7 @@ from influence_job.curvature import (
 )
 from influence_job.diagnostics import similarity_estimates, similarity_side
 from influence_job.distributed import assign_modules, shard_prompts
+from influence_job.model import DTYPES
 from influence_job.projection import Dims, projected_dims
 
 GiB = 2**30
@@ -145,7 +146,7 @@ class Workload:
 def workload(cfg) -> Workload:
     """Read the model's shape (meta device, no weights) and the data's token counts for ``cfg``."""
     from influence_job.data import example_data_path, load_dataset
-    from influence_job.model import DTYPES, open_model
+    from influence_job.model import open_model
 
     source = open_model(cfg.model)
     ds = load_dataset(cfg.data.path or example_data_path(), source.tokenizer, source.vocab_size, source.max_length,
@@ -331,8 +332,6 @@ def _factor_bytes(dims: Dims, rows: int, responses: int, factor_bytes: int) -> i
     return rows * (dims.k_in + dims.k_out) * factor_bytes + responses * dims.D * 8
 
 
-FACTOR_BYTES = {"float32": 4, "bfloat16": 2, "float64": 8}
-MODEL_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
 
 def make_plan(cfg, work: Workload, device: DeviceProfile, ranks: int = 1, baseline_host: float | None = None,
@@ -344,8 +343,8 @@ def make_plan(cfg, work: Workload, device: DeviceProfile, ranks: int = 1, baseli
     not fit, re-plan with the usual remedies and say which fit (plan.notes).
     """
     baseline = (baseline_host if baseline_host is not None else _rss_now()) + device.host_overhead_bytes
-    fb = 8 if work.model_dtype == "float64" else FACTOR_BYTES[cfg.compute.factor_dtype]
-    mb = MODEL_BYTES[work.model_dtype]
+    fb = 8 if work.model_dtype == "float64" else DTYPES[cfg.compute.factor_dtype].itemsize
+    mb = DTYPES[work.model_dtype].itemsize
     N, P = len(work.prompt_of), work.n_prompts
     prompt_rows = np.bincount(work.prompt_of, weights=work.kept, minlength=P).astype(int).tolist()
     prompt_resp = np.bincount(work.prompt_of, minlength=P).astype(int).tolist()
@@ -451,7 +450,7 @@ def activation_bytes(work: Workload, tokens: int, score_entries: int = 0) -> flo
     attention kernel keeps its probabilities (eager attention, and PyTorch's CPU kernel for a padding mask) also
     heads × Σ s² per layer (``score_entries``: Σ over the batch's sequences of s², padded, times the copies held —
     measured on CPU with tiny-qwen2: about 1 for the CPU sdpa kernel, 3 for eager attention)."""
-    mb = MODEL_BYTES[work.model_dtype]
+    mb = DTYPES[work.model_dtype].itemsize
     per_layer = (4 * work.hidden + 2 * work.kv_dim + 3 * work.intermediate) * mb
     logits = work.vocab * (2 * mb + 4)
     return tokens * (work.layers * per_layer + logits) + score_entries * work.heads * work.layers * mb

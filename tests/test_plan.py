@@ -162,7 +162,8 @@ PROBE = textwrap.dedent("""
     import json, sys, threading
     from influence_job import pipeline
     from influence_job.config import load_config
-    from influence_job.plan import MODEL_BYTES, cpu_profile, make_plan, workload
+    from influence_job.model import DTYPES
+    from influence_job.plan import cpu_profile, make_plan, workload
 
     def anon():
         # Anonymous resident memory only: file-backed pages (the libraries' code, faulted in as new operators
@@ -204,7 +205,7 @@ PROBE = textwrap.dedent("""
     pipeline.run_job(cfg, write=False)
     if phase == "capture":  # the weights are loaded before the capture starts
         row = next(p for p in plan.phases if p.phase == "capture")
-        planned = row.peak_device_bytes - work.params * MODEL_BYTES[work.model_dtype]
+        planned = row.peak_device_bytes - work.params * DTYPES[work.model_dtype].itemsize
     else:
         planned = max(m.peak_bytes for m in plan.modules)
     print(json.dumps({"measured": seen["after"] - seen["before"], "planned": planned}))
