@@ -9,6 +9,7 @@ import torch
 
 from influence_job.engine import process_module
 from influence_job.influence import contrast_coefficients
+from influence_job.memory import rss_bytes
 
 
 class Agreement:
@@ -38,11 +39,6 @@ class Agreement:
         if self.failed:
             print(f"FAILED agreement checks: {', '.join(self.failed)}")
             sys.exit(1)
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * 4096
 
 
 class PeakRss:

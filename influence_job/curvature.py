@@ -355,27 +355,6 @@ def choose_route(rows, n_rhs: int, setting: str, limit_bytes: float | None = Non
     return pick_route(rows_estimates(rows, n_rhs, quad), setting, limit_bytes, lambda e: e.flops)[0]
 
 
-def free_bytes(device: torch.device) -> float | None:
-    """Memory a factorisation may take on ``device`` now: free device memory plus what PyTorch's CUDA cache holds
-    unused, or the host's MemAvailable on the CPU (None where unknown)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return meminfo_bytes("MemAvailable")
-
-
-def meminfo_bytes(field: str) -> float | None:
-    """A /proc/meminfo field in bytes (None where there is no /proc)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def damping_value(rows, damping) -> float:
     """λ: 'auto' is 0.1 × the mean eigenvalue of RᵀR, i.e. 0.1·tr(RᵀR)/D; a number is used as given."""
     return 0.1 * rows.trace() / rows.D if damping == "auto" else float(damping)

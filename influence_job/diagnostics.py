@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from influence_job.curvature import damping_value, free_bytes
+from influence_job.curvature import damping_value
 from influence_job.engine import Layout, module_rows
+from influence_job.memory import free_bytes
 from influence_job.similarity import SCOPES, matrix_stats
 
 

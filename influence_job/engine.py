@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from influence_job.capture import Capture, ModuleFactors
-from influence_job.curvature import ResponseRows, TokenRows, factor, free_bytes
+from influence_job.curvature import ResponseRows, TokenRows, factor
 from influence_job.influence import contrast_coefficients, token_scores
+from influence_job.memory import free_bytes
 
 
 @dataclass

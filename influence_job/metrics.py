@@ -10,32 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import socket
 import time
 from pathlib import Path
 
 import torch
 
+from influence_job.memory import cgroup_peak_bytes, peak_rss_bytes
+
 log = logging.getLogger(__name__)
 
 PREFIX = "influence_job"
 DONE_MARKER = "job.done"
 SOLVE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 150, 600)
-
-
-def cgroup_peak_bytes() -> int | None:
-    """The container's peak memory (cgroup v2 memory.peak, or v1 max_usage_in_bytes) where readable."""
-    for path in ("/sys/fs/cgroup/memory.peak", "/sys/fs/cgroup/memory/memory.max_usage_in_bytes"):
-        try:
-            return int(Path(path).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return None
-
-
-def host_peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class JobMetrics:
@@ -125,7 +112,7 @@ class JobMetrics:
         else:
             self.gpu_alloc.labels(self.rank).set(0)
             self.gpu_reserved.labels(self.rank).set(0)
-        self.host_rss.labels(self.rank).set(host_peak_rss_bytes())
+        self.host_rss.labels(self.rank).set(peak_rss_bytes())
         peak = cgroup_peak_bytes()
         if peak is not None:
             self.cgroup.labels(self.rank).set(peak)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from contextlib import contextmanager
@@ -44,7 +43,8 @@ from influence_job.distributed import (
 from influence_job.engine import make_layout, process_module
 from influence_job.errors import InputError
 from influence_job.influence import score_summary
-from influence_job.metrics import JobMetrics, host_peak_rss_bytes
+from influence_job.memory import peak_rss_bytes, physical_bytes
+from influence_job.metrics import JobMetrics
 from influence_job.model import layer_index, load_model, open_model, select_modules
 from influence_job.outputs import check_target, json_safe, npz_bytes, write_output_dir
 from influence_job.plan import (
@@ -244,7 +244,7 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, weights
     with phases("reduce"):
         peak_gpu = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
         totals, gathered = reduce_stage(store, n_modules, int(layout.token_offsets[-1]), ds.arrays(), comm, {
-            "peak_gpu": peak_gpu, "peak_host": host_peak_rss_bytes(), "phase_seconds": dict(phases.seconds)})
+            "peak_gpu": peak_gpu, "peak_host": peak_rss_bytes(), "phase_seconds": dict(phases.seconds)})
     if not comm.is_root:
         return RunResult(results=None, raw=None, hinv=None, rows={}, phase_seconds=phases.seconds)
     with phases("statistics"):
@@ -517,16 +517,9 @@ def _environment(device: torch.device, world_size: int) -> dict:
                    else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
         "host": platform.node(),
         "world_size": world_size,
-        "host_memory_bytes": _host_memory_bytes(),
+        "host_memory_bytes": physical_bytes(),
         "gpu_memory_bytes": torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None,
     }
-
-
-def _host_memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _kind_similarity(mats: list[dict]) -> dict:

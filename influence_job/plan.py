@@ -13,7 +13,6 @@ Python: close at full size, an underestimate for tiny models (bench/default_diag
 from __future__ import annotations
 
 import functools
-import resource
 import time
 from dataclasses import dataclass, field, replace
 
@@ -22,7 +21,6 @@ import torch
 
 from influence_job.curvature import (
     RouteEstimate,
-    meminfo_bytes,
     pick_route,
     refine_steps,
     resolve_gram_dtype,
@@ -31,6 +29,7 @@ from influence_job.curvature import (
 )
 from influence_job.diagnostics import similarity_estimates, similarity_side
 from influence_job.distributed import assign_modules, shard_prompts
+from influence_job.memory import meminfo_bytes, rss_bytes
 from influence_job.model import DTYPES
 from influence_job.projection import Dims, projected_dims
 
@@ -342,7 +341,7 @@ def make_plan(cfg, work: Workload, device: DeviceProfile, ranks: int = 1, baseli
     now, which has imported torch and transformers, plus the device's context overhead). ``suggest``: when it does
     not fit, re-plan with the usual remedies and say which fit (plan.notes).
     """
-    baseline = (baseline_host if baseline_host is not None else _rss_now()) + device.host_overhead_bytes
+    baseline = (baseline_host if baseline_host is not None else rss_bytes()) + device.host_overhead_bytes
     fb = 8 if work.model_dtype == "float64" else DTYPES[cfg.compute.factor_dtype].itemsize
     mb = DTYPES[work.model_dtype].itemsize
     N, P = len(work.prompt_of), work.n_prompts
@@ -365,14 +364,6 @@ def make_plan(cfg, work: Workload, device: DeviceProfile, ranks: int = 1, baseli
     if plan.warnings and suggest:
         plan.notes += _what_fits(cfg, work, device, ranks)
     return plan
-
-
-def _rss_now() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * resource.getpagesize()
-    except OSError:
-        return 0.0
 
 
 def diagnostic_flops(cfg, dims: Dims, similarity: bool, unprojected: bool, prompt_rows: list[int],
