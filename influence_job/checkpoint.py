@@ -24,6 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -142,6 +143,27 @@ def fingerprint(cfg, ds) -> dict:
 
 def checkpoint_dir(cfg) -> Path:
     return Path(cfg.output.checkpoint_dir or f"{cfg.output.dir}.ckpt")
+
+
+class ContributionStore(Protocol):
+    """Where a run keeps its modules' contributions until the reduce: the checkpoint directory (Checkpoint, a run
+    that writes an output) or memory (MemoryStore). ``done`` holds the modules an earlier attempt finished."""
+
+    path: Path | None
+    done: dict
+
+    def save(self, contribution: ModuleContribution) -> None: ...
+
+    def load(self, index: int) -> ModuleContribution: ...
+
+    def handover(self) -> list[ModuleContribution]:
+        """What rank 0 must receive from this rank."""
+
+    def take(self, contributions: list[ModuleContribution]) -> None: ...
+
+    def remove(self) -> None: ...
+
+    def resume_note(self, n_modules: int) -> str | None: ...
 
 
 @dataclass

@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -68,8 +69,10 @@ class Dataset:
     def n(self) -> int:
         return len(self.responses)
 
+    @cached_property
     def arrays(self) -> dict[str, np.ndarray]:
-        """Per-response arrays in input order: what similarity.npz carries."""
+        """Per-response arrays in input order: what similarity.npz carries (built once: the responses are final
+        when the Dataset is made)."""
         return {
             "prompt_index": np.array([r.prompt_index for r in self.responses], dtype=np.int64),
             "accepted": np.array([r.accepted for r in self.responses], dtype=bool),

@@ -21,6 +21,7 @@ import influence_job
 from influence_job.capture import ModuleFactors, capture
 from influence_job.checkpoint import (
     Checkpoint,
+    ContributionStore,
     MemoryStore,
     ModuleContribution,
     check_checkpoint_dir,
@@ -151,7 +152,7 @@ def capture_inputs(cfg: JobConfig, ds: Dataset, model, selected, unprojected_nam
                    metrics: JobMetrics | None = None):
     """The capture phase (one process): factors of every module, and the layout of responses and tokens."""
     cap = _capture(cfg, ds, model, selected, unprojected_name, device, metrics)
-    arrays = ds.arrays()
+    arrays = ds.arrays
     return cap, make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
 
 
@@ -238,12 +239,12 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, weights
     with phases("exchange"):
         cap, layout, owned = exchange_stage(cfg, ds, local, remaining, sim_layers, comm)
     with phases("curvature_solve"):
-        diagnostic_seconds = solve_stage(owned, layout, ds.arrays()["prompt_index"], sim_layers, cfg, store,
+        diagnostic_seconds = solve_stage(owned, layout, ds.arrays["prompt_index"], sim_layers, cfg, store,
                                          metrics, n_modules)
     phases.book_apart("curvature_solve", "diagnostics", diagnostic_seconds)
     with phases("reduce"):
         peak_gpu = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
-        totals, gathered = reduce_stage(store, n_modules, int(layout.token_offsets[-1]), ds.arrays(), comm, {
+        totals, gathered = reduce_stage(store, n_modules, int(layout.token_offsets[-1]), ds.arrays, comm, {
             "peak_gpu": peak_gpu, "peak_host": peak_rss_bytes(), "phase_seconds": dict(phases.seconds)})
     if not comm.is_root:
         return RunResult(results=None, raw=None, hinv=None, rows={}, phase_seconds=phases.seconds)
@@ -271,7 +272,7 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, weights
     typed = Results.model_validate(json_safe(results))  # the contract, checked before anything is written
     results = typed.as_dict()
     if write:
-        arrays = ds.arrays()
+        arrays = ds.arrays
         similarity = {"raw": totals.raw, "hinv": totals.hinv, "prompt_index": arrays["prompt_index"],
                       "accepted": arrays["accepted"], "reward": arrays["reward"], "advantage": arrays["advantage"],
                       "log_prob": cap.log_prob}
@@ -292,7 +293,8 @@ def _run_stages(cfg, write, metrics, comm, phases, t_start, out_dir, ds, weights
     return RunResult(results=results, raw=totals.raw, hinv=totals.hinv, rows=rows, phase_seconds=phases.seconds)
 
 
-def open_store(cfg: JobConfig, fp: dict | None, n_modules: int, fresh: bool, write: bool, comm: Comm):
+def open_store(cfg: JobConfig, fp: dict | None, n_modules: int, fresh: bool, write: bool,
+               comm: Comm) -> ContributionStore:
     """Where module contributions go: the run's checkpoint directory when it writes an output (rank 0 checks
     it and tells the other ranks its fingerprint and which modules are done), else memory."""
     if not write:
@@ -311,7 +313,7 @@ def exchange_stage(cfg: JobConfig, ds: Dataset, local, remaining: list[int], sim
     (owners balance the estimated seconds of each module's solves and of the diagnostics run beside them). Returns
     the merged metadata, the layout, and this rank's modules as (module index, factors, exact gradients of the
     comparison module or None)."""
-    arrays = ds.arrays()
+    arrays = ds.arrays
     cap, n_resp, n_rows = merge_metadata(local, comm)
     layout = make_layout(cap, arrays["prompt_index"], arrays["accepted"], arrays["advantage"])
     per_prompt = [(int(cap.row_offsets[e] - cap.row_offsets[s]), e - s) for s, e in layout.prompt_bounds]
@@ -337,7 +339,7 @@ def module_seconds(cfg: JobConfig, local, rows: list[int], responses: list[int],
             for mf in local.modules]
 
 
-def solve_stage(owned, layout, prompt_index: np.ndarray, sim_layers: set, cfg: JobConfig, store,
+def solve_stage(owned, layout, prompt_index: np.ndarray, sim_layers: set, cfg: JobConfig, store: ContributionStore,
                 metrics: JobMetrics | None, n_modules: int) -> float:
     """Curvature + solve of this rank's modules, one at a time, with the diagnostics that need a module's
     factors; each contribution is saved as soon as it is done (a stop loses at most the module in progress).
@@ -371,7 +373,7 @@ def solve_stage(owned, layout, prompt_index: np.ndarray, sim_layers: set, cfg: J
     return diagnostic_total
 
 
-def reduce_stage(store, n_modules: int, n_tokens: int, arrays: dict, comm: Comm, extras: dict):
+def reduce_stage(store: ContributionStore, n_modules: int, n_tokens: int, arrays: dict, comm: Comm, extras: dict):
     """Rank 0 sums every module's contribution in module order, whichever run or rank computed it, and records
     each module's part of the per-prompt mean dots (its record's ``contribution``).
 
@@ -407,7 +409,7 @@ def reduce_stage(store, n_modules: int, n_tokens: int, arrays: dict, comm: Comm,
 def assemble_results(cfg: JobConfig, ds: Dataset, cap, layout, totals: Totals, model_name: str, fp: dict,
                      device: torch.device, world: int) -> tuple[dict, dict[str, np.ndarray]]:
     """Statistics, influence rows, diagnostics and validation from the summed contributions."""
-    arrays = ds.arrays()
+    arrays = ds.arrays
     similarity = {
         "raw": matrix_stats(totals.raw, arrays["prompt_index"], arrays["accepted"]),
         "hinv": matrix_stats(totals.hinv, arrays["prompt_index"], arrays["accepted"]),
