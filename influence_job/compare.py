@@ -218,7 +218,7 @@ def _frobenius_row(name: str, b: np.ndarray, c: np.ndarray, rtol: float) -> Row:
 
 def compare(baseline: Path, candidate: Path, tol: Tolerances) -> Comparison:
     b, c = read_results(baseline), read_results(candidate)
-    reasons, settings = _identity(b, c), _settings_differ(b, c)
+    reasons = _identity(b, c)
     if reasons:
         return Comparison(False, reasons, [])  # the reasons say what differs
     rows: list[Row] = []
@@ -261,7 +261,7 @@ def compare(baseline: Path, candidate: Path, tol: Tolerances) -> Comparison:
                   budget.peak_host_memory, budget.memory_slack_bytes, resumed),
     ]
     rows.sort(key=lambda r: ORDER[r.verdict])  # stable: regressions first, then improvements, in table order
-    return Comparison(True, [], rows, settings=settings)
+    return Comparison(True, [], rows, settings=_settings_differ(b, c))
 
 
 def _passed(value: bool | None) -> str:
@@ -295,9 +295,11 @@ def render(cmp: Comparison, fmt: str) -> str:
                            "note": cmp.note, "settings_differ": cmp.settings,
                            "regressions": len(cmp.regressions), "rows": [asdict(r) for r in cmp.rows]}, indent=2)
     settings = _settings_line(cmp)
-    if settings:
-        return (f"**{settings}**\n\n" if fmt == "markdown" else settings + "\n") + render(
-            Comparison(cmp.comparable, cmp.reasons, cmp.rows, cmp.note), fmt)
+    before = "" if not settings else f"**{settings}**\n\n" if fmt == "markdown" else settings + "\n"
+    return before + _render_verdict_and_rows(cmp, fmt)
+
+
+def _render_verdict_and_rows(cmp: Comparison, fmt: str) -> str:
     head = f"verdict: {cmp.verdict.upper()}" + (f" ({cmp.note})" if cmp.note else "")
     if not cmp.comparable:
         return head + "\n" + "\n".join(f"- not comparable: {r}" for r in cmp.reasons)

@@ -331,8 +331,6 @@ def _factor_bytes(dims: Dims, rows: int, responses: int, factor_bytes: int) -> i
     return rows * (dims.k_in + dims.k_out) * factor_bytes + responses * dims.D * 8
 
 
-
-
 def make_plan(cfg, work: Workload, device: DeviceProfile, ranks: int = 1, baseline_host: float | None = None,
               suggest: bool = True) -> Plan:
     """The plan of ``cfg`` on ``ranks`` ranks of ``device``.

@@ -148,7 +148,8 @@ def render_report(r: dict) -> str:
         if k == "curvature_solve":
             split = curvature_solve_split(perf)
             phase_rows.append(["  of which: " + " / ".join(split), " / ".join(fmt_seconds(s) for s in split.values())])
-    parts += ["## Performance", *([f"**{resumed_note(r).capitalize()}.**"] if resumed_note(r) else []), table(
+    resumed = resumed_note(r)
+    parts += ["## Performance", *([f"**{resumed.capitalize()}.**"] if resumed else []), table(
         ["measure", "value"],
         [["wall", fmt_seconds(perf["wall_seconds"])],
          ["Hessian solves (the modules this run computed, summed over ranks)",
@@ -186,7 +187,7 @@ def summary_lines(r: dict, out_dir) -> list[str]:
         f"{len(r['influence']['skipped_prompts'])} prompt(s) without an accepted/rejected contrast), "
         f"wall {r['performance']['wall_seconds']:.1f} s, solve {r['performance']['hessian_solve_seconds']:.2f} s, "
         f"diagnostics {r['performance']['diagnostics_seconds']:.2f} s",
-        *([resumed_note(r)] if resumed_note(r) else []),
+        *filter(None, [resumed_note(r)]),
         f"validation: {'PASSED' if val['passed'] else 'FAILED (' + ', '.join(failed) + ')'}",
         f"output: {out_dir}",
         f"look at: {Path(out_dir) / 'report.html'} (heatmaps, distributions, token colours; report.md is the same "
@@ -194,4 +195,3 @@ def summary_lines(r: dict, out_dir) -> list[str]:
     ]
     caveat = random_weights_caveat(r)
     return lines + ([f"note: {caveat}"] if caveat else [])
-

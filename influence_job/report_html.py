@@ -66,7 +66,10 @@ def _verdict(results: dict) -> str:
     key = (f"{results['n_prompts']:,} prompts · {results['n_responses']:,} responses ({results['n_accepted']:,} "
            f"accepted, {results['n_rejected']:,} rejected) · {results['n_response_tokens']:,} response tokens · "
            f"wall {fmt_seconds(perf['wall_seconds'])} · solves {fmt_seconds(perf['hessian_solve_seconds'])} · "
-           f"{val['rows_emitted']:,} influence rows" + (f" · {resumed_note(results)}" if resumed_note(results) else ""))
+           f"{val['rows_emitted']:,} influence rows")
+    resumed = resumed_note(results)
+    if resumed:
+        key += f" · {resumed}"
     return (f'<section id="verdict"><h1>Influence diagnostic report</h1><p class="badge">{badge}</p>'
             f'<p class="identity">{identity}</p><p class="key">{key}</p></section>')
 
