@@ -217,6 +217,7 @@ def test_chart_strict_lint_is_clean(tmp_path):
 @pytest.mark.parametrize("bad", [
     {"gpus": -1}, {"gpus": 0}, {"nightly": {"schedule": "every night"}}, {"nightly": {"schedule": "0 2 * *"}},
     {"gpuz": 8}, {"memory": "lots"}, {"imagePullPolicy": "Sometimes"},
+    {"networkPolicy": {"apiServerCidrs": ["the api server"]}}, {"networkPolicy": {"apiServerPorts": [0]}},
 ])
 def test_values_schema_rejects_invalid_values(bad):
     chart = helm.Chart.load(CHART_DIR)

@@ -15,6 +15,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, Field
@@ -29,6 +30,7 @@ from influence_job.cluster.settings import (
     SettingsModel,
 )
 from influence_job.cluster.workflows import build_cron_workflow, build_workflow_template
+from influence_job.exit_codes import ExitCode
 
 NESTED = {"nightly": NightlySettings, "security": SecuritySettings, "semaphore": SemaphoreSettings,
           "artifact_repository": ArtifactRepositorySettings}
@@ -83,6 +85,10 @@ class DashboardValues(SettingsModel):
     enabled: bool = Field(True, description="Ship the Grafana dashboard ConfigMap (label grafana_dashboard: \"1\").")
 
 
+CIDR = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"  # an IPv4 or IPv6 block, e.g. 10.0.0.5/32
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
 class NetworkPolicyValues(SettingsModel):
     """The NetworkPolicy of the job's pods (every pod labelled app.kubernetes.io/part-of: influence-job: run,
     publish, compare): the traffic they need and no more. Argo's executor runs inside each pod (it reports to the
@@ -94,19 +100,19 @@ class NetworkPolicyValues(SettingsModel):
         "monitoring", pattern=DNS_NAME,
         description="Namespace of the Prometheus that scrapes the metrics sidecar: ingress to metricsPort is allowed "
         "from its pods only.")
-    api_server_cidrs: list[str] = Field(
+    api_server_cidrs: list[Annotated[str, Field(pattern=CIDR)]] = Field(
         default_factory=list,
         description="CIDRs of the Kubernetes API server (kubectl get endpoints kubernetes): egress to the API (the "
         "publish step's status, Argo's executor in every pod) goes only there. Empty: any address on "
         "apiServerPorts.")
-    api_server_ports: list[int] = Field(
+    api_server_ports: list[Port] = Field(
         default_factory=lambda: [443, 6443], min_length=1,
         description="TCP ports of the Kubernetes API server (443 for the kubernetes Service, 6443 behind it).")
     pushgateway_namespace: str = Field(
         "monitoring", pattern=DNS_NAME,
         description="Namespace of the Pushgateway (when pushgateway is set): egress to pushgatewayPort there.")
     pushgateway_port: int = Field(9091, ge=1, le=65535, description="TCP port of the Pushgateway.")
-    artifact_ports: list[int] = Field(
+    artifact_ports: list[Port] = Field(
         default_factory=lambda: [443, 9000],
         description="With artifactRepository set: TCP ports of the artifact store (443 S3/GCS, 9000 MinIO) that "
         "Argo's executor uploads the report to, at any address.")
@@ -286,10 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.chart_dir / "Chart.yaml").is_file():
         print(f"{args.chart_dir} is not a Helm chart directory (no Chart.yaml): give the chart's directory, e.g. "
               f"{CHART_DIR}", file=sys.stderr)
-        return 2
+        return ExitCode.INPUT
     for p in write_chart(args.chart_dir):
         print(p)
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":
