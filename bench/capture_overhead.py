@@ -17,10 +17,10 @@ import torch
 from common import Agreement
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from influence_job.capture import capture, kept_rows, make_batch, token_log_probs
-from influence_job.config import JobConfig
-from influence_job.data import Dataset, Response, micro_batches
-from influence_job.model import DTYPES, builtin_config, select_modules
+from influence_job.inputs.config import JobConfig
+from influence_job.inputs.data import Dataset, Response, micro_batches
+from influence_job.inputs.model import DTYPES, builtin_config, select_modules
+from influence_job.maths.capture import capture, kept_rows, make_batch, token_log_probs
 
 
 def synthetic(prompts: int, responses: int, prompt_len: int, response_len: int, vocab: int) -> Dataset:

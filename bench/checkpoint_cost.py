@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from common import Agreement
 
-from influence_job.checkpoint import Checkpoint, ModuleContribution
-from influence_job.config import JobConfig
-from influence_job.engine import process_module
-from influence_job.model import qwen2_1_5b_config_dict
-from influence_job.pipeline import capture_inputs, load_inputs
+from influence_job.inputs.config import JobConfig
+from influence_job.inputs.model import qwen2_1_5b_config_dict
+from influence_job.maths.engine import process_module
+from influence_job.run.checkpoint import Checkpoint, ModuleContribution
+from influence_job.run.pipeline import capture_inputs, load_inputs
 
 
 def full_size_arithmetic(n_responses=96, response_tokens=800, positions=90_000) -> None:

@@ -7,9 +7,9 @@ import threading
 
 import torch
 
-from influence_job.engine import process_module
-from influence_job.influence import contrast_coefficients
-from influence_job.memory import rss_bytes
+from influence_job.base.memory import rss_bytes
+from influence_job.maths.engine import process_module
+from influence_job.maths.influence import contrast_coefficients
 
 
 class Agreement:

@@ -20,8 +20,8 @@ import time
 import torch
 from common import Agreement, PeakRss, engine_method, original_method
 
-from influence_job.config import JobConfig
-from influence_job.pipeline import capture_inputs, load_inputs
+from influence_job.inputs.config import JobConfig
+from influence_job.run.pipeline import capture_inputs, load_inputs
 
 
 def main() -> None:

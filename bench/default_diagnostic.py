@@ -29,10 +29,13 @@ import numpy as np
 import torch
 from common import Agreement
 
-from influence_job.config import JobConfig
-from influence_job.model import builtin_config
-from influence_job.pipeline import run_job
-from influence_job.plan import Plan, device_profile, make_plan, profile, render, workload
+from influence_job.inputs.config import JobConfig
+from influence_job.inputs.model import builtin_config
+from influence_job.planning.plan import Plan, make_plan
+from influence_job.planning.profiles import device_profile, profile
+from influence_job.planning.render import render
+from influence_job.planning.workload import workload
+from influence_job.run.pipeline import run_job
 
 ORIGINAL = {"wall": 3674.0, "solve": 990.0, "gpu_gb": 142.0, "host_gb": 774.0}
 

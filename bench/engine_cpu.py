@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from common import Agreement, PeakRss, original_method
 
-from influence_job.config import JobConfig
-from influence_job.pipeline import capture_inputs, load_inputs, run_job
+from influence_job.inputs.config import JobConfig
+from influence_job.run.pipeline import capture_inputs, load_inputs, run_job
 
 
 def config(factor: int, out: Path, **sections) -> JobConfig:

@@ -27,8 +27,8 @@ FIXED = ("load", "report", "write")
 
 
 def run_once(out: Path):
-    from influence_job.config import load_config
-    from influence_job.pipeline import run_job
+    from influence_job.inputs.config import load_config
+    from influence_job.run.pipeline import run_job
 
     cfg = load_config(None, [])
     cfg.output.dir = out
@@ -52,7 +52,7 @@ def main() -> None:
     agree = Agreement(args.bound_scale)
 
     t0 = time.perf_counter()
-    import influence_job.pipeline  # noqa: F401  (what the CLI imports before the load phase starts)
+    import influence_job.run.pipeline  # noqa: F401  (what the CLI imports before the load phase starts)
 
     imports = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -60,9 +60,9 @@ def main() -> None:
         warm = cold
         for k in range(args.repeats):
             warm = run_once(Path(tmp) / f"warm{k}")
-        from influence_job.figures import checking_clipping
-        from influence_job.plan import cpu_profile
-        from influence_job.report_html import read_output, render_html
+        from influence_job.outputs.figures import checking_clipping
+        from influence_job.outputs.report_html import read_output, render_html
+        from influence_job.planning.profiles import cpu_profile
 
         page = read_output(Path(tmp) / "cold")
         t0 = time.perf_counter()

@@ -27,8 +27,9 @@ import time
 import torch
 from common import Agreement
 
-from influence_job import curvature
-from influence_job.curvature import TokenRows, damping_value, factor
+from influence_job.maths import rows as curvature_rows
+from influence_job.maths.curvature import damping_value, factor
+from influence_job.maths.rows import TokenRows
 
 
 def round_tf32_(x: torch.Tensor) -> torch.Tensor:
@@ -41,17 +42,17 @@ def round_tf32_(x: torch.Tensor) -> torch.Tensor:
 
 def emulated_tf32():
     """TokenRows.gram with every pair product rounded to TF32 (CPU emulation of the tensor cores' input)."""
-    real = curvature._pair_rows
+    real = curvature_rows.pair_rows
 
     def rounded(*args):
         return round_tf32_(real(*args))
 
     class Patch:
         def __enter__(self):
-            curvature._pair_rows = rounded
+            curvature_rows.pair_rows = rounded
 
         def __exit__(self, *exc):
-            curvature._pair_rows = real
+            curvature_rows.pair_rows = real
 
     return Patch()
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from influence_job.config import JobConfig
-from influence_job.pipeline import capture_inputs, load_inputs
+from influence_job.inputs.config import JobConfig
+from influence_job.run.pipeline import capture_inputs, load_inputs
 
 
 def bergson_collect(model, ds, projection_dim: int, token_budget: int, run_dir: Path) -> float:

@@ -32,9 +32,11 @@ import torch
 from common import Agreement
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from influence_job.config import load_config
-from influence_job.pipeline import run_job
-from influence_job.plan import cpu_profile, make_plan, workload
+from influence_job.inputs.config import load_config
+from influence_job.planning.plan import make_plan
+from influence_job.planning.profiles import cpu_profile
+from influence_job.planning.workload import workload
+from influence_job.run.pipeline import run_job
 
 
 def random_model(path: Path, hidden: int, intermediate: int, layers: int) -> Path:

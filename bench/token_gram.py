@@ -22,7 +22,7 @@ import time
 import torch
 from common import Agreement
 
-from influence_job.curvature import GRAM_DTYPES, TokenRows
+from influence_job.maths.rows import GRAM_DTYPES, TokenRows
 
 
 def plain_gram(U: torch.Tensor, V: torch.Tensor, chunk: int, dtype: torch.dtype) -> torch.Tensor:

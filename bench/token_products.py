@@ -19,7 +19,7 @@ import time
 import torch
 from common import Agreement
 
-from influence_job.curvature import TokenRows
+from influence_job.maths.rows import TokenRows
 
 
 def explicit_products(rows: TokenRows, X: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from common import Agreement
 
-from influence_job.engine import Layout
-from influence_job.influence import token_scores
+from influence_job.maths.engine import Layout
+from influence_job.maths.influence import token_scores
 
 
 def per_response_loop(U, V, Z, scored, layout: Layout) -> torch.Tensor:

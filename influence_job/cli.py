@@ -1,7 +1,7 @@
 """Command line: `run` computes the diagnostic, `config` shows its configuration; `render`, `submit` and
 `publish` are the cluster job's commands (the Argo objects, a run on an Argo server, the publish step).
 
-Exit codes: influence_job/exit_codes.py (`influence-job --help` lists them).
+Exit codes: influence_job/base/exit_codes.py (`influence-job --help` lists them).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from influence_job.config import check_run_words, dump_config, explain, load_config
-from influence_job.errors import DistributedError, InputError
-from influence_job.exit_codes import ExitCode, help_text
-from influence_job.stops import Stopped, signal_after_commit, stop_signals
+from influence_job.base.errors import DistributedError, InputError
+from influence_job.base.exit_codes import ExitCode, help_text
+from influence_job.inputs.config import check_run_words, dump_config, explain, load_config
+from influence_job.run.stops import Stopped, signal_after_commit, stop_signals
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "loads no weights)")
     _config_args(plan)
     plan.add_argument("--device", choices=["cpu", "h200", "h100"],
-                      help="device profile: h200/h100 (rates from DESIGN.md's H200 measurements), or cpu (this "
-                      "machine's rates, measured now); default: h200 if compute.device is cuda, else cpu")
+                      help="device profile: h200/h100 (rates from the original system's H200 measurements, "
+                      "bench/RESULTS.md), or cpu (this machine's rates, measured now); default: h200 if "
+                      "compute.device is cuda, else cpu")
     plan.add_argument("--ranks", type=int, default=None,
                       help="ranks (GPUs) the run uses; default: $WORLD_SIZE, else 1")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--tolerances", type=Path,
                      help="YAML file of tolerances and cost budgets, every key optional: numbers.{rtol, cos_atol, "
                      "dot_atol, matrix_rtol}, cost.{wall, hessian_solve, peak_gpu_memory, peak_host_memory, "
-                     "wall_slack_seconds, hessian_solve_slack_seconds, memory_slack_bytes} (README: Comparing runs)")
+                     "wall_slack_seconds, hessian_solve_slack_seconds, memory_slack_bytes} (docs/usage.md, Comparing "
+                     "runs)")
     cmp.add_argument("--format", choices=["text", "json", "markdown"], default="text", help="table format")
     cmp.add_argument("--outputs", type=Path, metavar="DIR", action="append", default=[],
                      help="also write verdict, regressions, comparable, compare.md and compare.json here "
@@ -315,7 +317,7 @@ def _command(args) -> int:
     if args.command in ("render", "submit", "preflight"):
         return _cluster(args)
     if args.command == "exporter":
-        from influence_job.exporter import serve
+        from influence_job.monitoring.exporter import serve
 
         return serve(args.dir, args.port, args.address, args.grace_seconds)
     if args.command == "publish":
@@ -333,13 +335,13 @@ def _command(args) -> int:
     if args.command == "compare":
         return _compare(args)
     if args.command == "baseline":
-        from influence_job.baseline import promote
+        from influence_job.review.baseline import promote
 
         record = promote(args.run, args.to, args.reason)
         print(f"baseline {args.to} is now {record['run']} ({record['promoted_by']}, {record['promoted_at']})")
         return ExitCode.OK
     if args.command == "report":
-        from influence_job.report_html import regenerate
+        from influence_job.outputs.report_html import regenerate
 
         for path in regenerate(args.output, tuple(args.format or ("html", "md"))):
             print(path)
@@ -347,7 +349,7 @@ def _command(args) -> int:
     if args.command == "schema":
         import json
 
-        from influence_job.results import results_schema
+        from influence_job.outputs.results import results_schema
 
         print(json.dumps(results_schema(), indent=2))
         return ExitCode.OK
@@ -367,7 +369,7 @@ def _command(args) -> int:
 
 def _check_data(cfg) -> None:
     """The data file's existence and shape, before the model and the heavy libraries load (seconds later)."""
-    from influence_job.data import check_data_file, example_data_path
+    from influence_job.inputs.data import check_data_file, example_data_path
 
     check_data_file(cfg.data.path or example_data_path(), cfg.data.format,
                     cfg.data.columns.model_dump(exclude_none=True), cfg.data.accept_threshold)
@@ -378,7 +380,10 @@ def _plan(args) -> int:
 
     cfg = _resolve(args)
     _check_data(cfg)
-    from influence_job.plan import as_dict, make_plan, profile, render, workload
+    from influence_job.planning.plan import make_plan
+    from influence_job.planning.profiles import profile
+    from influence_job.planning.render import as_dict, render
+    from influence_job.planning.workload import workload
 
     ranks = args.ranks if args.ranks is not None else int(os.environ.get("WORLD_SIZE", "1"))
     if ranks < 1:
@@ -390,8 +395,8 @@ def _plan(args) -> int:
 
 
 def _compare(args) -> int:
-    from influence_job.baseline import promote
-    from influence_job.compare import (
+    from influence_job.review.baseline import promote
+    from influence_job.review.compare import (
         Comparison,
         baseline_missing,
         check_inputs,
@@ -424,10 +429,10 @@ def _run(cfg, fresh: bool = False) -> int:
     import time
 
     _check_data(cfg)
-    from influence_job.distributed import init_comm
-    from influence_job.metrics import JobMetrics, push_summary
-    from influence_job.pipeline import run_job  # heavy imports only when running
-    from influence_job.report import summary_lines
+    from influence_job.monitoring.metrics import JobMetrics, push_summary
+    from influence_job.outputs.report import summary_lines
+    from influence_job.run.distributed import init_comm
+    from influence_job.run.pipeline import run_job  # heavy imports only when running
 
     comm = init_comm(cfg.compute.device, cfg.compute.timeout_seconds)
     metrics = JobMetrics(cfg.metrics.dir, comm.rank, comm.world)

@@ -10,8 +10,8 @@ import torch
 from float64_qwen2 import float64_qwen2
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from influence_job.config import JobConfig
-from influence_job.tokenizer import byte_level_tokenizer
+from influence_job.inputs.config import JobConfig
+from influence_job.inputs.tokenizer import byte_level_tokenizer
 
 # Several prompts with mixed accept/reject, one all-accepted prompt, uneven lengths; in prompt "e" an accepted
 # response has a negative advantage (rewards 5, 1, -1: mean 5/3), where A_r and sign(accepted)·|A_r| differ.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from influence_job.curvature import TokenRows, token_gram_width
+from influence_job.maths.rows import TokenRows, token_gram_width
 
 
 def explicit_gram(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,7 @@ def test_chat_prompts_use_the_models_chat_template(capsys, tmp_path):
     expected = tok(text, add_special_tokens=False)["input_ids"]
     r = json.loads((tmp_path / "o" / "results.json").read_text())
     assert r["n_positions"] == 2 * (len(expected) + 2)  # both sequences: the templated prompt + 2 bytes
-    from influence_job.data import load_dataset
+    from influence_job.inputs.data import load_dataset
     ds = load_dataset(data, tok, 260, 10_000)
     assert ds.responses[0].prompt_ids == expected
 
@@ -168,14 +168,15 @@ def test_influence_rows_parquet_opens_in_pandas_and_duckdb(capsys, tiny_model_di
     assert sum(counts.values()) == len(ref["scores"])
 
 
-def test_default_prompt_ids_are_what_the_readme_says(tmp_path):
-    """Without a prompt id, a grouped file's prompts are line<N> and a flat table's p<K> (from 0), as README says."""
-    from influence_job.data import load_dataset
+def test_default_prompt_ids_are_what_the_usage_page_says(tmp_path):
+    """Without a prompt id, a grouped file's prompts are line<N> and a flat table's p<K> (from 0), as docs/usage.md
+    says."""
+    from influence_job.inputs.data import load_dataset
 
     tokenizer = AutoTokenizer.from_pretrained(save_tiny_model(tmp_path / "m"))
     groups = [{k: v for k, v in g.items() if k != "prompt_id"} for g in GROUPS]
     grouped = load_dataset(write_jsonl(tmp_path / "g.jsonl", groups), tokenizer, 1000, 512)
     flat = load_dataset(write_jsonl(tmp_path / "f.jsonl", flat_rows()), tokenizer, 1000, 512)
     assert grouped.prompt_ids[:2] == ["line1", "line2"] and flat.prompt_ids[:2] == ["p0", "p1"]
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert "a grouped file's\n  prompt is `line<N>`" in readme and "a flat table's `p<K>`" in readme
+    usage = (Path(__file__).parents[1] / "docs" / "usage.md").read_text()
+    assert "a grouped file's\n  prompt is `line<N>`" in usage and "a flat table's `p<K>`" in usage

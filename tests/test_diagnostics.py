@@ -7,16 +7,16 @@ from conftest import exact_config
 from reference import build_reference, curvature
 from tolerances import MODEL_RTOL
 
-from influence_job.config import ProjectionConfig
-from influence_job.diagnostics import module_curvature_similarity
-from influence_job.pipeline import capture_inputs, load_inputs
+from influence_job.inputs.config import ProjectionConfig
+from influence_job.maths.diagnostics import module_curvature_similarity
+from influence_job.run.pipeline import capture_inputs, load_inputs
 
 
 @pytest.mark.parametrize("side", ["kernel", "gram"])
 def test_curvature_similarity_matches_explicit_matrices(tiny_model_dir, tiny_data, side, monkeypatch):
     """Both ways of computing it (cross kernels between prompts, or every prompt's D×D Gram) against explicit
     matrices; the job picks the cheaper one per module (similarity_side)."""
-    from influence_job import diagnostics
+    from influence_job.maths import diagnostics
 
     monkeypatch.setattr(diagnostics, "similarity_side", lambda *a: side)
     proj = {"kind": "rademacher", "factor": 4, "seed": 3}
@@ -44,7 +44,7 @@ def test_curvature_similarity_matches_explicit_matrices(tiny_model_dir, tiny_dat
 def test_leading_eigenvalues_only_stay_within_their_stated_bound(tiny_model_dir, tiny_data, monkeypatch, side):
     """Above EXACT_SPECTRUM_MAX only the LEADING eigenvalues are computed; the spectrum cosine then carries a bound
     (Chebyshev below, Cauchy–Schwarz above, for the rest of the spectra), and the explicit cosine lies within it."""
-    from influence_job import diagnostics
+    from influence_job.maths import diagnostics
 
     proj = {"kind": "rademacher", "factor": 4, "seed": 3}
     ref = build_reference(tiny_model_dir, tiny_data, ProjectionConfig(**proj))

@@ -17,7 +17,7 @@ from conftest import write_jsonl
 from services import free_port
 from tolerances import MODEL_RTOL, SOLVE_RTOL, rel_err
 
-from influence_job.distributed import assign_modules, shard_prompts
+from influence_job.planning.assignment import assign_modules, shard_prompts
 
 FLOAT64_CLI = str(Path(__file__).with_name("float64_cli.py"))
 

@@ -9,8 +9,8 @@ from conftest import exact_config
 from reference import build_reference, hinv_reference, influence_reference, raw_reference
 from tolerances import MODEL_RTOL, SOLVE_RTOL, rel_err, solve_rtol
 
-from influence_job.config import ProjectionConfig
-from influence_job.pipeline import run_job
+from influence_job.inputs.config import ProjectionConfig
+from influence_job.run.pipeline import run_job
 
 PROJECTIONS = {
     "none": {"kind": "none"},

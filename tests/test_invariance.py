@@ -4,7 +4,7 @@ import numpy as np
 from conftest import GROUPS, exact_config, write_jsonl
 from tolerances import MODEL_RTOL, SOLVE_RTOL, rel_err
 
-from influence_job.pipeline import run_job
+from influence_job.run.pipeline import run_job
 
 PROJ = {"kind": "rademacher", "factor": 4}
 
@@ -63,7 +63,7 @@ def test_chunked_log_probs_and_entropies_equal_the_whole_log_softmax(monkeypatch
 
     import torch
 
-    from influence_job import capture
+    from influence_job.maths import capture
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 11, 50, generator=g, dtype=torch.float64, requires_grad=True)

@@ -14,7 +14,7 @@ from kube_standin import KubeStandIn
 from test_cluster import render_chart
 
 from influence_job.cli import main
-from influence_job.pipeline import run_job
+from influence_job.run.pipeline import run_job
 
 NS = "ml"
 WF = "influence-diagnostic-x7k2p"

@@ -8,7 +8,8 @@ import weakref
 
 from conftest import exact_config
 
-from influence_job import engine, pipeline
+from influence_job.maths import engine
+from influence_job.run import pipeline
 
 
 def test_one_module_working_set_alive_at_a_time(monkeypatch, tiny_model_dir, tiny_data):

@@ -119,7 +119,7 @@ def test_promtool_accepts_exporter_output(observed_run):
 
 
 def test_exporter_sigterm_and_grace_period(tmp_path, monkeypatch):
-    from influence_job.metrics import DONE_MARKER, JobMetrics
+    from influence_job.monitoring.metrics import DONE_MARKER, JobMetrics
 
     mp = tmp_path / "mp"
     port = free_port()

@@ -15,11 +15,16 @@ import torch
 from conftest import exact_config
 from tolerances import MODEL_RTOL, rel_err
 
-from influence_job import engine, pipeline
-from influence_job.config import JobConfig
-from influence_job.curvature import RouteEstimate, TokenRows, choose_route, factor, n_pairs, pick_route
-from influence_job.distributed import assign_modules
-from influence_job.plan import PROFILES, GiB, make_plan, workload
+from influence_job.inputs.config import JobConfig
+from influence_job.maths import engine
+from influence_job.maths.curvature import factor
+from influence_job.maths.routes import RouteEstimate, choose_route, pick_route
+from influence_job.maths.rows import TokenRows, n_pairs
+from influence_job.planning.assignment import assign_modules
+from influence_job.planning.plan import make_plan
+from influence_job.planning.profiles import PROFILES, GiB
+from influence_job.planning.workload import workload
+from influence_job.run import pipeline
 
 PROMPTS, RESPONSES, PROMPT_TOKENS, RESPONSE_TOKENS = 12, 8, 153, 775  # the default diagnostic's shape
 SEQ = PROMPT_TOKENS + RESPONSE_TOKENS
@@ -160,10 +165,12 @@ def test_the_engine_passes_the_free_memory_to_every_factorisation(tiny_model_dir
 
 PROBE = textwrap.dedent("""
     import json, sys, threading
-    from influence_job import pipeline
-    from influence_job.config import load_config
-    from influence_job.model import DTYPES
-    from influence_job.plan import cpu_profile, make_plan, workload
+    from influence_job.run import pipeline
+    from influence_job.inputs.config import load_config
+    from influence_job.inputs.model import DTYPES
+    from influence_job.planning.plan import make_plan
+    from influence_job.planning.profiles import cpu_profile
+    from influence_job.planning.workload import workload
 
     def anon():
         # Anonymous resident memory only: file-backed pages (the libraries' code, faulted in as new operators
@@ -275,7 +282,7 @@ def test_plan_command_and_run_summary(tmp_path):
 def test_capture_keeps_one_micro_batch_of_activations(tiny_model_dir, tiny_data, monkeypatch):
     """When a micro-batch's forward starts, nothing of the previous one is alive: not its logits, not any module
     input the hooks saw (only the factors, written in place)."""
-    from influence_job import capture as capture_mod
+    from influence_job.maths import capture as capture_mod
 
     cfg = exact_config(tiny_model_dir, tiny_data, diagnostics={"unprojected_module": None})
     batches: list[list] = []
@@ -360,7 +367,7 @@ def test_a_one_rank_cpu_run_measures_no_rates_and_its_plan_line_gives_flops(monk
     balances ranks, so it must not probe (the probe fails here if called), and its plan line says flops."""
     import logging
 
-    from influence_job import plan
+    from influence_job.planning import profiles as plan
 
     def no_probe(*_args, **_kwargs):
         raise AssertionError("the run measured this CPU's rates")

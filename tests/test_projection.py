@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from influence_job.config import ProjectionConfig
-from influence_job.model import qwen2_1_5b_config_dict, select_modules
-from influence_job.projection import projected_dims, projection_matrices, rademacher
+from influence_job.inputs.config import ProjectionConfig
+from influence_job.inputs.model import qwen2_1_5b_config_dict, select_modules
+from influence_job.maths.projection import projected_dims, projection_matrices, rademacher
 
 
 def test_rademacher_entries_and_determinism():

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from influence_job.config import ProjectionConfig
-from influence_job.diagnostics import sketch_relative_std, unprojected_comparison
-from influence_job.projection import projected_dims, projection_matrices
+from influence_job.inputs.config import ProjectionConfig
+from influence_job.maths.diagnostics import sketch_relative_std, unprojected_comparison
+from influence_job.maths.projection import projected_dims, projection_matrices
 
 NAME = "model.layers.14.self_attn.k_proj"
 D_IN, D_OUT, N, TOKENS = 1536, 256, 24, 48

@@ -12,8 +12,11 @@ import torch
 from conftest import exact_config
 from tolerances import SOLVE_RTOL, rel_err
 
-from influence_job import curvature, pipeline
-from influence_job.curvature import TokenRows, factor, resolve_gram_dtype, token_gram_width
+from influence_job.maths import rows as curvature_rows
+from influence_job.maths.curvature import factor
+from influence_job.maths.routes import resolve_gram_dtype
+from influence_job.maths.rows import TokenRows, token_gram_width
+from influence_job.run import pipeline
 
 
 def round_tf32_(x: torch.Tensor) -> torch.Tensor:
@@ -37,8 +40,8 @@ def test_refined_solves_are_float64_solves(rows_and_rhs, products, monkeypatch):
     U, V, A = rows_and_rhs
     exact = factor(TokenRows(U, V, gram_dtype="float64"), "auto", "dense", n_rhs=6)
     if products == "tf32-emulated":
-        real = curvature._pair_rows
-        monkeypatch.setattr(curvature, "_pair_rows", lambda *a: round_tf32_(real(*a)))
+        real = curvature_rows.pair_rows
+        monkeypatch.setattr(curvature_rows, "pair_rows", lambda *a: round_tf32_(real(*a)))
     cheap = factor(TokenRows(U, V, gram_dtype="float32"), "auto", "dense", n_rhs=6)
     assert cheap.refine and not exact.refine
     # Unrefined, the cheaper factor is visibly off (this is what refinement removes) ...
@@ -58,8 +61,8 @@ def test_the_quadratic_form_is_refined_to_second_order(rows_and_rhs, monkeypatch
     H = R.T @ R
     H.diagonal().add_(0.1 * float(H.trace()) / H.shape[0])  # the automatic damping, from docs/method.md
     want = A @ torch.linalg.solve(H, A.T)
-    real = curvature._pair_rows
-    monkeypatch.setattr(curvature, "_pair_rows", lambda *a: round_tf32_(real(*a)))
+    real = curvature_rows.pair_rows
+    monkeypatch.setattr(curvature_rows, "pair_rows", lambda *a: round_tf32_(real(*a)))
     cheap = factor(TokenRows(U, V, gram_dtype="tf32"), "auto", "dense", n_rhs=6)
     got = cheap.quad(A)
     quad_steps = cheap.refinements
@@ -93,7 +96,7 @@ def test_a_stalled_refinement_falls_back_to_float64(rows_and_rhs, monkeypatch, c
     real = TokenRows.gram
     monkeypatch.setattr(TokenRows, "gram", lambda self: real(self) * (0.3 if self.gram_dtype != "float64" else 1.0))
     cheap = factor(TokenRows(U, V, gram_dtype="float32"), "auto", "dense", n_rhs=6)
-    with caplog.at_level(logging.WARNING, logger="influence_job.curvature"):
+    with caplog.at_level(logging.WARNING, logger="influence_job.maths.curvature"):
         got = getattr(cheap, use)(A)
     assert "stalled" in caplog.text and not cheap.refine
     assert rel_err(got, getattr(exact, use)(A)) <= SOLVE_RTOL
@@ -104,7 +107,7 @@ def test_a_gram_that_is_not_positive_definite_falls_back_to_float64(rows_and_rhs
     exact = factor(TokenRows(U, V, gram_dtype="float64"), "auto", "dense", n_rhs=6)
     real = TokenRows.gram
     monkeypatch.setattr(TokenRows, "gram", lambda self: real(self) * (-1.0 if self.gram_dtype != "float64" else 1.0))
-    with caplog.at_level(logging.WARNING, logger="influence_job.curvature"):
+    with caplog.at_level(logging.WARNING, logger="influence_job.maths.curvature"):
         cheap = factor(TokenRows(U, V, gram_dtype="float32"), "auto", "dense", n_rhs=6)
     assert "not positive definite" in caplog.text and cheap.ok and not cheap.refine
     assert rel_err(cheap.solve(A), exact.solve(A)) <= SOLVE_RTOL

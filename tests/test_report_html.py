@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from influence_job.cli import main
-from influence_job.number_format import column_format, format_rows
-from influence_job.report_html import AGGREGATE_ABOVE, read_output, render_html
+from influence_job.outputs.number_format import column_format, format_rows
+from influence_job.outputs.report_html import AGGREGATE_ABOVE, read_output, render_html
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "report-html"
@@ -276,14 +276,14 @@ def test_no_figure_label_is_cut_off(default_output, caplog):
 
     from matplotlib.figure import Figure
 
-    from influence_job.figures import checking_clipping, clipped_texts, png
+    from influence_job.outputs.figures import checking_clipping, clipped_texts, png
 
     fig = Figure(figsize=(4.6, 4.6))
     image = fig.add_axes((0.1, 0.04, 0.78, 0.78)).imshow(np.arange(25.0).reshape(5, 5) * 6000)
     fig.colorbar(image, cax=fig.add_axes((0.9, 0.04, 0.025, 0.78)))
     assert clipped_texts(fig)  # the layout report.html once had: '60000' drawn as '6000'
     results, sim, rows, tokens = read_output(default_output)
-    with caplog.at_level(logging.WARNING, logger="influence_job.figures"), checking_clipping():
+    with caplog.at_level(logging.WARNING, logger="influence_job.outputs.figures"), checking_clipping():
         render_html(results, sim, rows, tokens)
         render_html(*synthetic_output(results))
         assert [r.getMessage() for r in caplog.records] == []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from reference import pair_loop_stats
 
-from influence_job.similarity import CATEGORIES, SCOPES, matrix_stats
+from influence_job.maths.similarity import CATEGORIES, SCOPES, matrix_stats
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from influence_job import outputs
 from influence_job.cli import main
+from influence_job.outputs import writing as outputs
 
 DRIVER = str(Path(__file__).with_name("stop_driver.py"))
 PHASES = ["load", "capture", "exchange", "curvature_solve", "reduce", "statistics", "report", "write"]
@@ -129,7 +129,7 @@ def test_output_parent_that_is_a_file_reads_naturally(tmp_path):
 
 def test_unexpected_failure_exits_4_not_1(tmp_path, monkeypatch, capsys):
     """1 means 'a validation check failed'; a crash has its own code and keeps its traceback."""
-    from influence_job import pipeline
+    from influence_job.run import pipeline
 
     def broken(*a, **k):
         raise RuntimeError("simulated bug")

@@ -15,11 +15,11 @@ from argo_schema import SCHEMA, decode_errors, schema_errors
 from conftest import exact_config
 from kube_standin import JsonHandler
 
+from influence_job.base.errors import InputError
 from influence_job.cli import main
 from influence_job.cluster.publish import publish
 from influence_job.cluster.workflows import PUBLISHED
-from influence_job.errors import InputError
-from influence_job.pipeline import run_job
+from influence_job.run.pipeline import run_job
 
 TOKEN = "s3cr3t-token"
 

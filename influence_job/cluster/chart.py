@@ -20,6 +20,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, Field
 
+from influence_job.base.exit_codes import ExitCode
 from influence_job.cluster.settings import (
     DNS_NAME,
     ArtifactRepositorySettings,
@@ -30,7 +31,6 @@ from influence_job.cluster.settings import (
     SettingsModel,
 )
 from influence_job.cluster.workflows import build_cron_workflow, build_workflow_template
-from influence_job.exit_codes import ExitCode
 
 NESTED = {"nightly": NightlySettings, "security": SecuritySettings, "semaphore": SemaphoreSettings,
           "artifact_repository": ArtifactRepositorySettings}

@@ -4,9 +4,9 @@ evictions), each with what to do about it."""
 
 from __future__ import annotations
 
-from influence_job.exit_codes import TRANSIENT, ExitCode
+from influence_job.base.exit_codes import TRANSIENT, ExitCode
 
-# What the run step's exit code means (influence_job/exit_codes.py), and whether the cluster retries it.
+# What the run step's exit code means (influence_job/base/exit_codes.py), and whether the cluster retries it.
 EXIT_MEANINGS = {int(c): c.meaning + ("; retried" if c in TRANSIENT else "")
                  for c in ExitCode if c not in (ExitCode.OK, ExitCode.NOT_COMPARABLE, ExitCode.TIMED_OUT)}
 WAITING = {

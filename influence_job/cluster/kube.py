@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from influence_job.errors import InputError
+from influence_job.base.errors import InputError
 
 
 def api_client(kubeconfig: str | None = None, context: str | None = None):

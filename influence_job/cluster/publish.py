@@ -8,9 +8,9 @@ import html
 import shutil
 from pathlib import Path
 
+from influence_job.base.errors import InputError
 from influence_job.cluster.workflows import FAILED_CHECKS, PUBLISHED
-from influence_job.errors import InputError
-from influence_job.results import read_results
+from influence_job.outputs.results import read_results
 
 
 def lookup(results: dict, dotted: str):

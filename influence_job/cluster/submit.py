@@ -10,8 +10,8 @@ from hera.exceptions import HeraException, InternalServerError
 from hera.workflows import WorkflowsService
 from hera.workflows.models import WorkflowCreateRequest
 
-from influence_job.errors import InputError
-from influence_job.exit_codes import ExitCode
+from influence_job.base.errors import InputError
+from influence_job.base.exit_codes import ExitCode
 
 FINAL_PHASES = ("Succeeded", "Failed", "Error")
 

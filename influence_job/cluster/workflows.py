@@ -24,8 +24,8 @@ from hera.workflows import (
 )
 from hera.workflows import models as m
 
+from influence_job.base.exit_codes import TRANSIENT
 from influence_job.cluster.settings import ClusterSettings
-from influence_job.exit_codes import TRANSIENT
 
 LABELS = {"app.kubernetes.io/name": "influence-job", "app.kubernetes.io/part-of": "influence-job"}
 RESULTS_DIR = "/results/{{workflow.name}}"
