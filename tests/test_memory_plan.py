@@ -9,14 +9,14 @@ import weakref
 from conftest import exact_config
 
 from influence_job.maths import engine
-from influence_job.run import pipeline
+from influence_job.run import pipeline, stages
 
 
 def test_one_module_working_set_alive_at_a_time(monkeypatch, tiny_model_dir, tiny_data):
     earlier: list[weakref.ref] = []  # D×D factors and per-position factors of modules already processed
     current: list[weakref.ref] = []
     per_module: list[tuple[str, int, int]] = []
-    real_factor, real_process = engine.factor, pipeline.process_module
+    real_factor, real_process = engine.factor, stages.process_module
 
     def tracking_factor(rows, *args, **kwargs):
         solver = real_factor(rows, *args, **kwargs)
@@ -35,7 +35,7 @@ def test_one_module_working_set_alive_at_a_time(monkeypatch, tiny_model_dir, tin
         return result
 
     monkeypatch.setattr(engine, "factor", tracking_factor)
-    monkeypatch.setattr(pipeline, "process_module", tracking_process)
+    monkeypatch.setattr(stages, "process_module", tracking_process)
     cfg = exact_config(
         tiny_model_dir, tiny_data,
         curvature={"source": "token", "scope": "global", "solver": "dense"},

@@ -24,7 +24,7 @@ from influence_job.planning.assignment import assign_modules
 from influence_job.planning.plan import make_plan
 from influence_job.planning.profiles import PROFILES, GiB
 from influence_job.planning.workload import workload
-from influence_job.run import pipeline
+from influence_job.run import pipeline, stages
 
 PROMPTS, RESPONSES, PROMPT_TOKENS, RESPONSE_TOKENS = 12, 8, 153, 775  # the default diagnostic's shape
 SEQ = PROMPT_TOKENS + RESPONSE_TOKENS
@@ -165,7 +165,7 @@ def test_the_engine_passes_the_free_memory_to_every_factorisation(tiny_model_dir
 
 PROBE = textwrap.dedent("""
     import json, sys, threading
-    from influence_job.run import pipeline
+    from influence_job.run import pipeline, stages
     from influence_job.inputs.config import load_config
     from influence_job.inputs.model import DTYPES
     from influence_job.planning.plan import make_plan
@@ -199,7 +199,8 @@ PROBE = textwrap.dedent("""
     plan = make_plan(cfg, work, cpu_profile())
     seen = {}
     name = "_capture" if phase == "capture" else "process_module"
-    real = getattr(pipeline, name)
+    owner = pipeline if phase == "capture" else stages
+    real = getattr(owner, name)
 
     def probe(*a, **k):
         seen.setdefault("before", anon())
@@ -208,7 +209,7 @@ PROBE = textwrap.dedent("""
         seen["after"] = max(seen.get("after", 0), peak.done())
         return out
 
-    setattr(pipeline, name, probe)
+    setattr(owner, name, probe)
     pipeline.run_job(cfg, write=False)
     if phase == "capture":  # the weights are loaded before the capture starts
         row = next(p for p in plan.phases if p.phase == "capture")
@@ -323,7 +324,7 @@ def test_the_model_is_released_before_the_curvature_stage(tiny_model_dir, tiny_d
     import weakref
 
     cfg = exact_config(tiny_model_dir, tiny_data, diagnostics={"unprojected_module": None})
-    refs, real_load, real_process = [], pipeline.load_inputs, pipeline.process_module
+    refs, real_load, real_process = [], pipeline.load_inputs, stages.process_module
 
     def load(c, device):
         out = real_load(c, device)
@@ -335,7 +336,7 @@ def test_the_model_is_released_before_the_curvature_stage(tiny_model_dir, tiny_d
         return real_process(mf, layout, c)
 
     monkeypatch.setattr(pipeline, "load_inputs", load)
-    monkeypatch.setattr(pipeline, "process_module", process)
+    monkeypatch.setattr(stages, "process_module", process)
     assert pipeline.run_job(cfg, write=False).results["validation"]["passed"]
 
 

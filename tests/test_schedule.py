@@ -15,7 +15,7 @@ from influence_job.maths.schedule import Factorisation, mixed_label, module_sche
 from influence_job.planning.plan import make_plan
 from influence_job.planning.profiles import cpu_profile
 from influence_job.planning.workload import workload
-from influence_job.run import pipeline
+from influence_job.run import pipeline, stages
 
 QUIET = {"curvature_similarity": False, "unprojected_module": None}
 
@@ -30,14 +30,14 @@ def test_the_planner_lists_what_the_engine_executed(tiny_model_dir, tiny_data, m
                                                     solver):
     cfg = exact_config(tiny_model_dir, tiny_data, curvature={"source": source, "scope": scope, "solver": solver},
                        influence={"enabled": influence}, diagnostics=QUIET)
-    executed, real = [], pipeline.process_module
+    executed, real = [], stages.process_module
 
     def recording(mf, layout, c):
         res = real(mf, layout, c)
         executed.append((mf.name, res.executed))
         return res
 
-    monkeypatch.setattr(pipeline, "process_module", recording)
+    monkeypatch.setattr(stages, "process_module", recording)
     pipeline.run_job(cfg, write=False)
     plan = make_plan(cfg, workload(cfg), cpu_profile(measure=False), suggest=False)
     assert executed == [(m.name, m.factorisations) for m in plan.modules]

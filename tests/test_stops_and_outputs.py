@@ -129,12 +129,12 @@ def test_output_parent_that_is_a_file_reads_naturally(tmp_path):
 
 def test_unexpected_failure_exits_4_not_1(tmp_path, monkeypatch, capsys):
     """1 means 'a validation check failed'; a crash has its own code and keeps its traceback."""
-    from influence_job.run import pipeline
+    from influence_job.run import assemble
 
     def broken(*a, **k):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(pipeline, "matrix_stats", broken)
+    monkeypatch.setattr(assemble, "matrix_stats", broken)
     code = main(["run", *SMALL, "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 4

@@ -1,0 +1,217 @@
+"""What each command does: the handlers behind the parser, with the heavy imports inside them so that a command
+loads only what it needs (`config` never imports torch)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from influence_job.base.errors import InputError
+from influence_job.base.exit_codes import ExitCode
+from influence_job.inputs.config import check_run_words, dump_config, explain, load_config
+from influence_job.run.stops import signal_after_commit
+
+
+def command(args) -> int:
+    if args.command in ("render", "submit", "preflight"):
+        return _cluster(args)
+    if args.command == "exporter":
+        from influence_job.monitoring.exporter import serve
+
+        return serve(args.dir, args.port, args.address, args.grace_seconds)
+    if args.command == "publish":
+        from influence_job.cluster.publish import publish
+
+        status_to = None
+        if args.workflow:
+            if not (args.workflow_uid and args.namespace):
+                raise InputError("publish --workflow needs --workflow-uid and --namespace (Argo's {{workflow.uid}} "
+                                 "and {{workflow.namespace}}).")
+            status_to = {"workflow": args.workflow, "uid": args.workflow_uid, "namespace": args.namespace,
+                         "claim": args.results_claim, "kubeconfig": args.kubeconfig, "context": args.context}
+        return publish(args.results, args.out, run_status=args.run_status, run_exit_code=args.run_exit_code,
+                       status_to=status_to)
+    if args.command == "compare":
+        return _compare(args)
+    if args.command == "baseline":
+        from influence_job.review.baseline import promote
+
+        record = promote(args.run, args.to, args.reason)
+        print(f"baseline {args.to} is now {record['run']} ({record['promoted_by']}, {record['promoted_at']})")
+        return ExitCode.OK
+    if args.command == "report":
+        from influence_job.outputs.report_html import regenerate
+
+        for path in regenerate(args.output, tuple(args.format or ("html", "md"))):
+            print(path)
+        return ExitCode.OK
+    if args.command == "schema":
+        import json
+
+        from influence_job.outputs.results import results_schema
+
+        print(json.dumps(results_schema(), indent=2))
+        return ExitCode.OK
+    if args.command == "plan":
+        return _plan(args)
+    if args.command == "config":
+        if args.explain:
+            print("\n".join(explain()))
+        else:
+            print(dump_config(resolve(args)), end="")
+        return ExitCode.OK
+    cfg = resolve(args)
+    if args.keep_checkpoint:
+        cfg.output.keep_checkpoint = True
+    return _run(cfg, args.fresh)
+
+
+def _check_data(cfg) -> None:
+    """The data file's existence and shape, before the model and the heavy libraries load (seconds later)."""
+    from influence_job.inputs.data import check_data_file, example_data_path
+
+    check_data_file(cfg.data.path or example_data_path(), cfg.data.format,
+                    cfg.data.columns.model_dump(exclude_none=True), cfg.data.accept_threshold)
+
+
+def _plan(args) -> int:
+    import json
+
+    cfg = resolve(args)
+    _check_data(cfg)
+    from influence_job.planning.plan import make_plan
+    from influence_job.planning.profiles import profile
+    from influence_job.planning.render import as_dict, render
+    from influence_job.planning.workload import workload
+
+    ranks = args.ranks if args.ranks is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    if ranks < 1:
+        raise InputError(f"--ranks {ranks}: a run needs at least one rank.")
+    device = args.device or ("h200" if cfg.compute.device == "cuda" else "cpu")
+    plan = make_plan(cfg, workload(cfg), profile(device), ranks)
+    print(json.dumps(as_dict(plan), indent=2) if args.json else render(plan))
+    return ExitCode.OK
+
+
+def _compare(args) -> int:
+    from influence_job.review.baseline import promote
+    from influence_job.review.compare import (
+        Comparison,
+        baseline_missing,
+        check_inputs,
+        compare,
+        load_tolerances,
+        push_verdict,
+        render,
+        write_outputs,
+    )
+
+    tolerances = load_tolerances(args.tolerances)
+    if args.promote_if_missing and baseline_missing(args.baseline):
+        record = promote(args.candidate, args.baseline, "first night: no baseline yet")
+        cmp = Comparison(True, [], [],
+                         note=f"first night: no baseline yet, {record['run']} promoted to {args.baseline}")
+    else:
+        check_inputs(args.baseline, args.candidate)
+        cmp = compare(args.baseline, args.candidate, tolerances)
+    print(render(cmp, args.format))
+    for out in args.outputs:
+        write_outputs(cmp, out)
+    if args.pushgateway:
+        push_verdict(args.pushgateway, cmp, args.job, args.instance)
+    return cmp.exit_code
+
+
+def _run(cfg, fresh: bool = False) -> int:
+    """Run the job with live metrics; push the final summary when a Pushgateway is configured, whether
+    the run succeeded, failed validation or stopped on an error."""
+    import time
+
+    _check_data(cfg)
+    from influence_job.monitoring.metrics import JobMetrics, push_summary
+    from influence_job.outputs.report import summary_lines
+    from influence_job.run.distributed import init_comm
+    from influence_job.run.pipeline import run_job  # heavy imports only when running
+
+    comm = init_comm(cfg.compute.device, cfg.compute.timeout_seconds)
+    metrics = JobMetrics(cfg.metrics.dir, comm.rank, comm.world)
+    t0, results = time.perf_counter(), None
+    try:
+        results = run_job(cfg, metrics=metrics, comm=comm, fresh=fresh).results
+    finally:
+        wall = time.perf_counter() - t0
+        if comm.is_root:  # rank 0 holds the results and speaks for the run
+            metrics.finished(results, wall)  # samples memory too
+            url = cfg.metrics.pushgateway or os.environ.get("INFLUENCE_PUSHGATEWAY")
+            if url:
+                push_summary(url, results, wall, cfg.metrics.job, cfg.metrics.instance)
+        else:
+            metrics.sample_memory()
+        comm.close()
+    if not comm.is_root:
+        return ExitCode.OK
+    print("\n".join(summary_lines(results, cfg.output.dir)))
+    late = signal_after_commit()
+    if late:
+        print(f"influence-job: {late} arrived while the result was being written; the write finished first, "
+              f"so the new result {cfg.output.dir} is complete.", file=sys.stderr)
+    return ExitCode.OK if results["validation"]["passed"] else ExitCode.CHECK_FAILED
+
+
+def _cluster(args) -> int:
+    from influence_job.cluster.settings import ClusterSettings, load_settings
+    from influence_job.cluster.workflows import build_all, build_submission
+
+    if args.command == "render" and args.explain:
+        print("\n".join(explain(ClusterSettings, alias=True)))
+        return ExitCode.OK
+    overrides = args.overrides + ([f"gpus={args.gpus}"] if getattr(args, "gpus", None) is not None else [])
+    settings = load_settings(args.values, overrides)
+    check_run_words(settings.overrides, settings.model, settings.dataset, "cluster value overrides")
+    check_run_words(settings.nightly.overrides, settings.nightly.model, settings.nightly.dataset,
+                    "cluster value nightly.overrides")
+    if args.command == "render":
+        docs = {name: obj.to_yaml() for name, obj in build_all(settings).items()}
+        if args.out == "-":
+            print("---\n".join(docs.values()), end="")
+            return ExitCode.OK
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in docs.items():
+            (out / name).write_text(text)
+            print(out / name)
+        return ExitCode.OK
+    from influence_job.cluster.kube import api_client
+    from influence_job.cluster.preflight import run_preflight
+
+    if args.command == "preflight":
+        run_preflight(settings, args.namespace, api=api_client(args.kubeconfig, args.context))
+        return ExitCode.OK
+    from influence_job.cluster.submit import submit
+
+    if args.run_overrides is not None:
+        check_run_words(args.run_overrides, args.model or settings.model, args.dataset or settings.dataset,
+                        "submit --run-set")
+    workflow = build_submission(settings, args.model, args.dataset, args.run_overrides)
+    kube = None
+    if not args.no_preflight:
+        try:
+            kube = api_client(args.kubeconfig, args.context)
+        except InputError as exc:
+            raise InputError(f"{exc} (submit checks the cluster first; --no-preflight skips that)") from None
+        run_preflight(settings, args.namespace, api=kube)
+    elif args.wait and (args.kubeconfig or args.context):
+        kube = api_client(args.kubeconfig, args.context)
+    timeout = args.timeout if args.timeout is not None else settings.workflow_deadline_seconds + 900
+    return submit(workflow, args.argo_server, args.namespace, args.token_env, args.insecure, args.wait,
+                  args.poll_seconds, timeout, kube)
+
+
+def resolve(args):
+    cfg = load_config(args.config, args.overrides)
+    if args.output is not None:  # a path as typed, not a YAML value ('~' or 'null' are names here)
+        cfg.output.dir = args.output
+    return cfg
+
+
