@@ -27,7 +27,7 @@ FIXED = ("load", "report", "write")
 
 
 def run_once(out: Path):
-    from influence_job.inputs.config import load_config
+    from influence_job.inputs.config_files import load_config
     from influence_job.run.pipeline import run_job
 
     cfg = load_config(None, [])
@@ -61,7 +61,8 @@ def main() -> None:
         for k in range(args.repeats):
             warm = run_once(Path(tmp) / f"warm{k}")
         from influence_job.outputs.figures import checking_clipping
-        from influence_job.outputs.report_html import read_output, render_html
+        from influence_job.outputs.regenerate import read_output
+        from influence_job.outputs.report_html import render_html
         from influence_job.planning.profiles import cpu_profile
 
         page = read_output(Path(tmp) / "cold")

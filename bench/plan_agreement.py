@@ -32,7 +32,7 @@ import torch
 from common import Agreement
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from influence_job.inputs.config import load_config
+from influence_job.inputs.config_files import load_config
 from influence_job.planning.plan import make_plan
 from influence_job.planning.profiles import cpu_profile
 from influence_job.planning.workload import workload

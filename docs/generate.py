@@ -18,7 +18,8 @@ from pathlib import Path
 
 from influence_job.base.exit_codes import table
 from influence_job.cluster.settings import ClusterSettings
-from influence_job.inputs.config import JobConfig, field_reference
+from influence_job.inputs.config import JobConfig
+from influence_job.inputs.config_files import field_reference
 
 DOCS = Path(__file__).resolve().parent
 README = DOCS.parent / "README.md"

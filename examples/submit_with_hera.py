@@ -16,7 +16,7 @@ from hera.workflows import WorkflowsService
 
 from influence_job.cluster.settings import load_settings
 from influence_job.cluster.workflows import build_submission
-from influence_job.inputs.config import check_run_words
+from influence_job.inputs.config_files import check_run_words
 
 
 def submit(server: str, namespace: str, token: str, model: str, dataset: str, overrides: str = "") -> str:

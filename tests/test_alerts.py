@@ -131,3 +131,18 @@ def test_chart_renders_the_same_rules_as_a_prometheus_rule(tmp_path):
     rendered.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     proc = promtool("check", "rules", str(rendered))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_alerts_read_only_series_the_run_pushes():
+    """Every influence_job_run_* series an alert reads is one `influence-job run` pushes (monitoring.metrics'
+    summary, built from outputs.headline): renaming a headline figure breaks this test, not the alert silently."""
+    import re
+
+    from influence_job.monitoring.metrics import PREFIX, summary_gauges
+
+    pushed = {f"{PREFIX}_{name}" for name in summary_gauges({"validation": {"passed": True}}, 1.0)}
+    from influence_job.outputs.headline import HEADLINE
+
+    pushed |= {f"{PREFIX}_{f.gauge}" for f in HEADLINE if f.gauge}
+    read = {name for rule in rules().values() for name in re.findall(r"influence_job_run_\w+", rule["expr"])}
+    assert read and read <= pushed, sorted(read - pushed)

@@ -101,6 +101,13 @@ def test_pushgateway_serves_final_metrics_and_prometheus_sees_them(observed_run)
     assert hinv == pytest.approx(results["similarity"]["hinv"]["per_prompt"]["acc-acc"]["dot"]["mean"], rel=1e-12)
 
 
+def test_the_shipped_dashboard_is_the_builder_output():
+    """helm/.../influence-job.json is generated (python -m influence_job.monitoring.dashboard), never edited."""
+    from influence_job.monitoring.dashboard import render
+
+    assert DASHBOARD.read_text() == render(), "regenerate it: python -m influence_job.monitoring.dashboard"
+
+
 def test_every_dashboard_query_returns_data(observed_run):
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["templating"]["list"][0]["type"] == "datasource"

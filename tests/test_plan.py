@@ -166,7 +166,7 @@ def test_the_engine_passes_the_free_memory_to_every_factorisation(tiny_model_dir
 PROBE = textwrap.dedent("""
     import json, sys, threading
     from influence_job.run import pipeline, stages
-    from influence_job.inputs.config import load_config
+    from influence_job.inputs.config_files import load_config
     from influence_job.inputs.model import DTYPES
     from influence_job.planning.plan import make_plan
     from influence_job.planning.profiles import cpu_profile

@@ -15,7 +15,8 @@ import pytest
 
 from influence_job.cli import main
 from influence_job.outputs.number_format import column_format, format_rows
-from influence_job.outputs.report_html import AGGREGATE_ABOVE, read_output, render_html
+from influence_job.outputs.regenerate import read_output
+from influence_job.outputs.report_html import AGGREGATE_ABOVE, render_html
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "report-html"

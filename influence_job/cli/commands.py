@@ -9,7 +9,7 @@ from pathlib import Path
 
 from influence_job.base.errors import InputError
 from influence_job.base.exit_codes import ExitCode
-from influence_job.inputs.config import check_run_words, dump_config, explain, load_config
+from influence_job.inputs.config_files import check_run_words, dump_config, explain, load_config
 from influence_job.run.stops import signal_after_commit
 
 
@@ -41,7 +41,7 @@ def command(args) -> int:
         print(f"baseline {args.to} is now {record['run']} ({record['promoted_by']}, {record['promoted_at']})")
         return ExitCode.OK
     if args.command == "report":
-        from influence_job.outputs.report_html import regenerate
+        from influence_job.outputs.regenerate import regenerate
 
         for path in regenerate(args.output, tuple(args.format or ("html", "md"))):
             print(path)

@@ -9,17 +9,10 @@ import shutil
 from pathlib import Path
 
 from influence_job.base.errors import InputError
-from influence_job.cluster.workflows import FAILED_CHECKS, PUBLISHED
+from influence_job.cluster.status import Verdict, publish_status
+from influence_job.cluster.workflows import FAILED_CHECKS
+from influence_job.outputs.headline import HEADLINE
 from influence_job.outputs.results import read_results
-
-
-def lookup(results: dict, dotted: str):
-    node = results
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def _text(value) -> str:
@@ -49,8 +42,8 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
         echo(f"publish: no valid result at {path} ({exc}); the run step failed before writing its outputs "
              "(see the run step's logs).")
     run_ok = run_status in (None, "", "Succeeded")
-    figures = {name: _text(lookup(results, dotted)) for name, dotted in PUBLISHED.items()}
-    checks = lookup(results, "validation.checks") or []
+    figures = {f.published: _text(f.value(results)) for f in HEADLINE if f.published}
+    checks = (results.get("validation") or {}).get("checks") or []
     failed = [c["name"] for c in checks if not c["passed"]]
     if not run_ok:  # the outputs carry this run's verdict, not a stale result's
         figures["validation-passed"] = "false"
@@ -58,21 +51,8 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
     for name, text in figures.items():
         (out_dir / name).write_text(text)
     (out_dir / FAILED_CHECKS).write_text(",".join(failed))
-    report = results_dir / "report.md"
-    if report.is_file():
-        summary = report.read_text()
-        shutil.copyfile(report, out_dir / "report.md")
-        echo(summary)
-    else:
-        summary = f"No report: {path} was not written.\n"
-        (out_dir / "report.md").write_text(summary)
-    page = results_dir / "report.html"
-    if page.is_file():
-        shutil.copyfile(page, out_dir / "report.html")
-    else:
-        (out_dir / "report.html").write_text(
-            f"<!DOCTYPE html><title>No report</title><p>{html.escape(summary)}</p>\n")
-    passed = bool(lookup(results, "validation.passed"))
+    summary = _copy_reports(results_dir, out_dir, echo)
+    passed = bool((results.get("validation") or {}).get("passed"))
     for check in checks:
         echo(f"check {check['name']}: {'passed' if check['passed'] else 'FAILED'} ({check['detail']})")
     if not run_ok:
@@ -81,16 +61,40 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
     echo(f"validation: {'PASSED' if passed else 'FAILED'}" + ("" if run_ok else "; run step: FAILED"))
     verdict = passed and run_ok
     if status_to:
-        from influence_job.cluster.kube import api_client
-        from influence_job.cluster.status import Verdict, publish_status
-
-        rows = lookup(results, "validation.rows_emitted")
-        claim = status_to.get("claim")
-        where = f"pvc/{claim}:{results_dir}" if claim else str(results_dir)
-        publish_status(
-            api_client(status_to.get("kubeconfig"), status_to.get("context")),
-            Verdict(verdict, rows if run_ok else None, failed, summary, figures, where),
-            status_to["workflow"], status_to["uid"], status_to["namespace"])
-        echo(f"status: ConfigMap {status_to['workflow']}-results and the Workflow's label influence-job/validation="
-             f"{'passed' if verdict else 'failed'} written")
+        rows = (results.get("validation") or {}).get("rows_emitted")
+        _write_status(status_to, Verdict(verdict, rows if run_ok else None, failed, summary, figures,
+                                         _where(results_dir, status_to.get("claim"))), echo)
     return 0 if verdict else 1
+
+
+def _copy_reports(results_dir: Path, out_dir: Path, echo) -> str:
+    """report.md (printed) and report.html into the outputs, or a page saying there is none; returns the text."""
+    report = results_dir / "report.md"
+    if report.is_file():
+        summary = report.read_text()
+        shutil.copyfile(report, out_dir / "report.md")
+        echo(summary)
+    else:
+        summary = f"No report: {results_dir / 'results.json'} was not written.\n"
+        (out_dir / "report.md").write_text(summary)
+    page = results_dir / "report.html"
+    if page.is_file():
+        shutil.copyfile(page, out_dir / "report.html")
+    else:
+        (out_dir / "report.html").write_text(
+            f"<!DOCTYPE html><title>No report</title><p>{html.escape(summary)}</p>\n")
+    return summary
+
+
+def _where(results_dir: Path, claim: str | None) -> str:
+    return f"pvc/{claim}:{results_dir}" if claim else str(results_dir)
+
+
+def _write_status(status_to: dict, verdict: Verdict, echo) -> None:
+    """The verdict as the Workflow's Kubernetes status: its results ConfigMap and labels."""
+    from influence_job.cluster.kube import api_client
+
+    publish_status(api_client(status_to.get("kubeconfig"), status_to.get("context")), verdict,
+                   status_to["workflow"], status_to["uid"], status_to["namespace"])
+    echo(f"status: ConfigMap {status_to['workflow']}-results and the Workflow's label influence-job/validation="
+         f"{'passed' if verdict.passed else 'failed'} written")

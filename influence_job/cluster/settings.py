@@ -163,7 +163,7 @@ class ClusterSettings(SettingsModel):
 
 def load_settings(values_file=None, overrides: list[str] | None = None) -> ClusterSettings:
     """Settings from a Helm-style values file (camelCase keys; chart-only keys ignored) and --set overrides."""
-    from influence_job.inputs.config import read_yaml_mapping, validate_with_overrides
+    from influence_job.inputs.config_files import read_yaml_mapping, validate_with_overrides
 
     data = {} if values_file is None else read_yaml_mapping(values_file, "values file")
     keys = {f.alias or n for n, f in ClusterSettings.model_fields.items()} | set(ClusterSettings.model_fields)

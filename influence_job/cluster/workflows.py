@@ -26,6 +26,7 @@ from hera.workflows import models as m
 
 from influence_job.base.exit_codes import TRANSIENT
 from influence_job.cluster.settings import ClusterSettings
+from influence_job.outputs.headline import PUBLISHED
 
 LABELS = {"app.kubernetes.io/name": "influence-job", "app.kubernetes.io/part-of": "influence-job"}
 RESULTS_DIR = "/results/{{workflow.name}}"
@@ -34,18 +35,6 @@ CHECKPOINT_DIR = "/results/{{workflow.name}}.ckpt"
 OUTPUTS_DIR = "/tmp/outputs"
 METRICS_DIR = "/metrics"
 CONFIG_FILE = "/etc/influence-job/config.yaml"
-# Key figures the publish step exposes as global output parameters (name → results.json path).
-PUBLISHED = {
-    "rows-emitted": "validation.rows_emitted",
-    "validation-passed": "validation.passed",
-    "hinv-per-prompt-acc-acc-mean": "similarity.hinv.per_prompt.acc-acc.dot.mean",
-    "raw-per-prompt-acc-acc-cos-mean": "similarity.raw.per_prompt.acc-acc.cos.mean",
-    "hessian-solve-seconds": "performance.hessian_solve_seconds",
-    "wall-seconds": "performance.wall_seconds",
-    "peak-gpu-mem-bytes": "performance.peak_gpu_mem_bytes",
-    "peak-host-mem-bytes": "performance.peak_host_mem_bytes",
-    "nan-count": "validation.nan_count",
-}
 # Written by publish itself, not looked up in results.json: the names of the failed checks, comma-separated.
 FAILED_CHECKS = "failed-checks"
 # When Argo retries the run step (retryPolicy Always + this expression; a retry resumes from the checkpoint):

@@ -201,16 +201,7 @@ def capture(
         for k, index in enumerate(batches):
             b = make_batch(ds, index, cfg.positions, cfg.objective, offsets, device)
             hooks.batch = b
-            embeds = embed(b.input_ids).detach().requires_grad_(True)
-            logits = model(inputs_embeds=embeds, attention_mask=b.attention, use_cache=False).logits
-            target, ent = token_log_probs(logits, b)
-            pred = b.predict[:, :-1]
-            per_seq = (target * pred).sum(-1)
-            if not torch.isfinite(per_seq).all():
-                bad = [ds.responses[index[i]].response_id for i in torch.nonzero(~torch.isfinite(per_seq)).flatten()]
-                raise InputError(_nonfinite_message(f"log-probabilities of responses {bad[:5]}"))
-            (per_seq.double() * b.weight).sum().backward()
-            ent_cpu, per_seq_cpu = ent.double().cpu(), per_seq.detach().double().cpu().numpy()  # one copy each
+            ent_cpu, per_seq_cpu = _forward_backward(model, embed, b, ds, index)
             for j, i in enumerate(index):
                 p = len(ds.responses[i].prompt_ids)
                 kept = torch.nonzero(b.keep_cpu[j]).flatten()
@@ -218,22 +209,11 @@ def capture(
                 entropy[i] = ent_cpu[j, b.predict_cpu[j, :-1]].numpy()
                 log_prob[i] = float(per_seq_cpu[j])
             n_positions += int(b.attention.sum())
-            # Nothing of this batch's graph may live into the next batch's forward: its logits alone are
-            # micro_batch_tokens × vocabulary values.
-            del embeds, logits, target, ent, per_seq, pred, ent_cpu
             if progress:
                 progress(k + 1, len(batches), len(index), int(b.attention.sum()))
     finally:
         hooks.remove()
-    modules = []
-    for e in hooks.entries:
-        if not torch.isfinite(e["G"]).all():
-            bad = torch.nonzero(~torch.isfinite(e["G"]).all(-1)).flatten().tolist()
-            raise InputError(
-                _nonfinite_message(f"gradients of module {e['name']} for responses "
-                                   f"{[ds.responses[i].response_id for i in bad[:5]]}")
-            )
-        modules.append(ModuleFactors(e["name"], e["kind"], layer_index(e["name"]), e["dims"], e["G"], e["U"], e["V"]))
+    modules = [_module_factors(e, ds) for e in hooks.entries]
     raw = next((e["raw"] for e in hooks.entries if e["raw"] is not None), None)
     return Capture(
         modules=modules,
@@ -245,6 +225,32 @@ def capture(
         unprojected_name=unprojected_name if raw is not None else None,
         unprojected=raw,
     )
+
+
+def _forward_backward(model: nn.Module, embed, b: Batch, ds: Dataset, index: list[int]):
+    """One micro-batch forward and backward (the hooks take its factors); returns its entropies and per-sequence
+    log-probabilities on the CPU. A function of its own so that nothing of the batch's graph lives into the next
+    batch's forward: its logits alone are micro_batch_tokens × vocabulary values."""
+    embeds = embed(b.input_ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds, attention_mask=b.attention, use_cache=False).logits
+    target, ent = token_log_probs(logits, b)
+    pred = b.predict[:, :-1]
+    per_seq = (target * pred).sum(-1)
+    if not torch.isfinite(per_seq).all():
+        bad = [ds.responses[index[i]].response_id for i in torch.nonzero(~torch.isfinite(per_seq)).flatten()]
+        raise InputError(_nonfinite_message(f"log-probabilities of responses {bad[:5]}"))
+    (per_seq.double() * b.weight).sum().backward()
+    return ent.double().cpu(), per_seq.detach().double().cpu().numpy()  # one copy each
+
+
+def _module_factors(entry: dict, ds: Dataset) -> ModuleFactors:
+    """A module's captured factors, refused when its gradients hold a NaN or Inf (named by response)."""
+    if not torch.isfinite(entry["G"]).all():
+        bad = torch.nonzero(~torch.isfinite(entry["G"]).all(-1)).flatten().tolist()
+        raise InputError(_nonfinite_message(f"gradients of module {entry['name']} for responses "
+                                            f"{[ds.responses[i].response_id for i in bad[:5]]}"))
+    return ModuleFactors(entry["name"], entry["kind"], layer_index(entry["name"]), entry["dims"], entry["G"],
+                         entry["U"], entry["V"])
 
 
 def _nonfinite_message(what: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from influence_job.base.memory import cgroup_peak_bytes, peak_rss_bytes
+from influence_job.outputs.headline import HEADLINE
 
 log = logging.getLogger(__name__)
 
@@ -141,26 +142,10 @@ def summary_gauges(results: dict | None, wall_seconds: float) -> dict[str, tuple
     }
     if not results:
         return out
-    perf, val = results["performance"], results["validation"]
-    out.update({
-        "run_hessian_solve_seconds": ("Curvature+solve seconds of the modules this run computed.",
-                                      perf["hessian_solve_seconds"]),
-        "run_peak_gpu_memory_bytes": ("Peak GPU memory allocated.", perf["peak_gpu_mem_bytes"]),
-        "run_peak_host_memory_bytes": ("Peak host memory (RSS).", perf["peak_host_mem_bytes"]),
-        "run_rows_emitted": ("Token-influence rows emitted.", val["rows_emitted"]),
-        "run_nonfinite_values": ("Non-finite values found in the outputs.", val["nan_count"]),
-        "run_validation_passed": ("1 when every validation check passed.", 1.0 if val["passed"] else 0.0),
-        "run_responses": ("Responses in the run.", results["n_responses"]),
-        "run_modules": ("Modules in the run.", len(results["modules"])),
-    })
-    for kind in ("raw", "hinv"):
-        stats = results["similarity"][kind]["per_prompt"]
-        for cat, cell in stats.items():
-            for what in ("dot", "cos"):
-                value = cell[what]["mean"]
-                if value is not None:
-                    key = f"run_{kind}_per_prompt_{cat.replace('-', '_')}_{what}_mean"
-                    out[key] = (f"{kind.upper()} per-prompt {cat} {what} mean.", value)
+    for figure in HEADLINE:
+        value = figure.value(results) if figure.gauge else None
+        if value is not None:
+            out[figure.gauge] = (figure.help, float(value) if isinstance(value, bool) else value)
     return out
 
 

@@ -65,21 +65,36 @@ def findings(results: dict, rows: dict | None, tokens: list[list[str]] | None) -
     out.append("Every validation check passed." if val["passed"] else
                f"Validation FAILED: {', '.join(failed)} — read the numbers below with that in mind.")
     raw, hinv = per_prompt_cos(results, "raw"), per_prompt_cos(results, "hinv")
-    if raw["acc-rej"] is not None and hinv["acc-rej"] is not None:
-        change = hinv["acc-rej"] - raw["acc-rej"]
-        word = "less" if change < 0 else "more"
-        others = [c for c in ("acc-acc", "rej-rej") if raw[c] is not None and hinv[c] is not None]
-        same_way = [c for c in others if (hinv[c] - raw[c] < 0) == (change < 0)]
-        along = (f", as are {' and '.join(f'{c} pairs ({fmt(raw[c])} → {fmt(hinv[c])})' for c in same_way)}"
-                 if same_way else "")
-        out.append(f"Accepted and rejected responses of the same prompt are {word} aligned under H⁻¹ (mean cosine "
-                   f"{fmt(hinv['acc-rej'])}) than plainly ({fmt(raw['acc-rej'])}){along}.")
-        if others:
-            gap_raw = raw["acc-rej"] - sum(raw[c] for c in others) / len(others)
-            gap_hinv = hinv["acc-rej"] - sum(hinv[c] for c in others) / len(others)
-            out.append(f"Against same-side pairs ({' and '.join(others)}), accepted–rejected pairs are "
-                       f"{_relation(gap_raw)} plainly ({gap_raw:+.3f}) and {_relation(gap_hinv)} under H⁻¹ "
-                       f"({gap_hinv:+.3f}): H⁻¹ weighting {_gap_change(gap_raw, gap_hinv)}.")
+    out += _contrast_findings(raw, hinv) + _order_findings(raw, hinv) + _scope_findings(results)
+    out += _module_findings(results["modules"])
+    out += _token_findings(rows, tokens, results["influence"].get("scores"))
+    return out
+
+
+def _contrast_findings(raw: dict, hinv: dict) -> list[str]:
+    """How accepted–rejected pairs of a prompt align under H⁻¹ against plainly, and against same-side pairs."""
+    if raw["acc-rej"] is None or hinv["acc-rej"] is None:
+        return []
+    change = hinv["acc-rej"] - raw["acc-rej"]
+    word = "less" if change < 0 else "more"
+    others = [c for c in ("acc-acc", "rej-rej") if raw[c] is not None and hinv[c] is not None]
+    same_way = [c for c in others if (hinv[c] - raw[c] < 0) == (change < 0)]
+    along = (f", as are {' and '.join(f'{c} pairs ({fmt(raw[c])} → {fmt(hinv[c])})' for c in same_way)}"
+             if same_way else "")
+    out = [f"Accepted and rejected responses of the same prompt are {word} aligned under H⁻¹ (mean cosine "
+           f"{fmt(hinv['acc-rej'])}) than plainly ({fmt(raw['acc-rej'])}){along}."]
+    if others:
+        gap_raw = raw["acc-rej"] - sum(raw[c] for c in others) / len(others)
+        gap_hinv = hinv["acc-rej"] - sum(hinv[c] for c in others) / len(others)
+        out.append(f"Against same-side pairs ({' and '.join(others)}), accepted–rejected pairs are "
+                   f"{_relation(gap_raw)} plainly ({gap_raw:+.3f}) and {_relation(gap_hinv)} under H⁻¹ "
+                   f"({gap_hinv:+.3f}): H⁻¹ weighting {_gap_change(gap_raw, gap_hinv)}.")
+    return out
+
+
+def _order_findings(raw: dict, hinv: dict) -> list[str]:
+    """Which category is most and least aligned, and whether H⁻¹ weighting reorders them."""
+    out = []
     for name, cos in (("Plainly (RAW)", raw), ("Under H⁻¹ (HINV)", hinv)):
         ranked = sorted((c for c in CATEGORIES if cos[c] is not None), key=lambda c: -cos[c])
         if ranked:
@@ -91,6 +106,12 @@ def findings(results: dict, rows: dict | None, tokens: list[list[str]] | None) -
         out.append("H⁻¹ weighting keeps the order of the categories." if r_rank == h_rank else
                    f"H⁻¹ weighting changes the order of the categories: {' > '.join(r_rank)} plainly, "
                    f"{' > '.join(h_rank)} under H⁻¹.")
+    return out
+
+
+def _scope_findings(results: dict) -> list[str]:
+    """Whether similarity within a prompt persists between different prompts' responses."""
+    out = []
     for name, method in (("RAW", "raw"), ("HINV", "hinv")):
         stats = results["similarity"][method]
         per, cross = scope_mean_cos(stats, "per_prompt"), scope_mean_cos(stats, "cross_prompt")
@@ -105,18 +126,23 @@ def findings(results: dict, rows: dict | None, tokens: list[list[str]] | None) -
             verdict = "persists across prompts"
         out.append(f"Under {name}, similarity {verdict}: mean cosine {fmt(cross)} between different prompts' "
                    f"responses against {fmt(per)} within a prompt.")
-    modules = results["modules"]
-    if modules and all(m.get("contribution") for m in modules):
-        for method, name in (("hinv", "HINV"), ("raw", "RAW")):
-            kinds, by_kind = module_shares(modules, lambda m: m["kind"])
-            layers, by_layer = module_shares(modules, lambda m: m["layer"])
-            shares_k, shares_l = by_kind[method]["acc-acc"], by_layer[method]["acc-acc"]
-            if all(math.isfinite(s) for s in shares_k + shares_l):
-                k, ly = int(np.argmax(shares_k)), int(np.argmax(shares_l))
-                out.append(f"Of the {name} acc-acc per-prompt dot, module kind {kinds[k]} contributes the most "
-                           f"({fmt_percent(shares_k[k])}), and layer {layers[ly]} the most of any layer "
-                           f"({fmt_percent(shares_l[ly])}).")
-    out += _token_findings(rows, tokens, results["influence"].get("scores"))
+    return out
+
+
+def _module_findings(modules: list[dict]) -> list[str]:
+    """Which module kind and which layer contribute most of the acc-acc per-prompt dot."""
+    if not modules or not all(m.get("contribution") for m in modules):
+        return []
+    out = []
+    for method, name in (("hinv", "HINV"), ("raw", "RAW")):
+        kinds, by_kind = module_shares(modules, lambda m: m["kind"])
+        layers, by_layer = module_shares(modules, lambda m: m["layer"])
+        shares_k, shares_l = by_kind[method]["acc-acc"], by_layer[method]["acc-acc"]
+        if all(math.isfinite(s) for s in shares_k + shares_l):
+            k, ly = int(np.argmax(shares_k)), int(np.argmax(shares_l))
+            out.append(f"Of the {name} acc-acc per-prompt dot, module kind {kinds[k]} contributes the most "
+                       f"({fmt_percent(shares_k[k])}), and layer {layers[ly]} the most of any layer "
+                       f"({fmt_percent(shares_l[ly])}).")
     return out
 
 

@@ -87,8 +87,8 @@ def similarity_tables(stats: dict) -> str:
 
 
 def render_report(r: dict) -> str:
-    perf, val = r["performance"], r["validation"]
-    cfg = r["config"]
+    """report.md: the run's settings and verdict, the statistics, diagnostics, token rows, cost and checks."""
+    cfg, val = r["config"], r["validation"]
     parts = [
         "# Influence diagnostic report",
         f"Model `{r['model']}`; {r['n_prompts']} prompts, {r['n_responses']} responses "
@@ -105,18 +105,27 @@ def render_report(r: dict) -> str:
         similarity_tables(r["similarity"]["raw"]),
         "## HINV: Σ_m G_m H_m⁻¹ G_mᵀ",
         similarity_tables(r["similarity"]["hinv"]),
+        *_diagnostic_sections(r),
+        *_influence_section(r["influence"]),
+        *_performance_section(r),
+        "## Validation",
+        table(["check", "passed", "detail"], [[c["name"], c["passed"], c["detail"]] for c in val["checks"]]),
     ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _diagnostic_sections(r: dict) -> list[str]:
     u = r.get("unprojected_comparison")
     if u:
         f = u["fidelity"]
-        parts += [f"## Unprojected comparison: `{u['module']}` (k_in {u['k_in']}, k_out {u['k_out']})",
-                  table(UNPROJECTED_HEADER, unprojected_rows(u)),
-                  f"Projection fidelity: the projected self-dot mean differs by "
-                  f"{fmt_percent(f['self_dot_relative_error'])} from the exact one; tolerance "
-                  f"±{fmt_percent(f['tolerance'])} ({f['sigma']:g} × the sketch's relative standard deviation "
-                  f"bound {fmt_percent(f['relative_std_bound'])}): {'passed' if f['passed'] else 'FAILED'}."]
+        parts = [f"## Unprojected comparison: `{u['module']}` (k_in {u['k_in']}, k_out {u['k_out']})",
+                 table(UNPROJECTED_HEADER, unprojected_rows(u)),
+                 f"Projection fidelity: the projected self-dot mean differs by "
+                 f"{fmt_percent(f['self_dot_relative_error'])} from the exact one; tolerance "
+                 f"±{fmt_percent(f['tolerance'])} ({f['sigma']:g} × the sketch's relative standard deviation "
+                 f"bound {fmt_percent(f['relative_std_bound'])}): {'passed' if f['passed'] else 'FAILED'}."]
     else:
-        parts += ["## Unprojected comparison", "Not run (diagnostics.unprojected_module is null)."]
+        parts = ["## Unprojected comparison", "Not run (diagnostics.unprojected_module is null)."]
     cs = r.get("curvature_similarity") or {}
     if cs:
         parts += ["## Curvature similarity across prompts (off-diagonal cosines)", table(
@@ -124,12 +133,15 @@ def render_report(r: dict) -> str:
             [[k, v["modules"], v["frobenius_cos"]["mean"], v["frobenius_cos"]["min"], v["spectrum_cos"]["mean"],
               v["spectrum_cos"]["min"]] for k, v in cs.items()],
         )]
-    inf = r["influence"]
-    parts += ["## Token influence rows",
-              f"{inf['rows']:,} rows (one per response), {inf['skipped_rows']:,} skipped (no accepted/rejected "
-              f"contrast in prompts {', '.join(inf['skipped_prompts']) or 'none'}); aggregate "
-              f"`{inf['aggregate']}`, each response's own contribution "
-              f"{'excluded' if inf['exclude_self'] else 'included'}."]
+    return parts
+
+
+def _influence_section(inf: dict) -> list[str]:
+    parts = ["## Token influence rows",
+             f"{inf['rows']:,} rows (one per response), {inf['skipped_rows']:,} skipped (no accepted/rejected "
+             f"contrast in prompts {', '.join(inf['skipped_prompts']) or 'none'}); aggregate "
+             f"`{inf['aggregate']}`, each response's own contribution "
+             f"{'excluded' if inf['exclude_self'] else 'included'}."]
     sc = inf.get("scores")
     if sc:
         parts += [table(["token scores", "value"], [
@@ -142,6 +154,11 @@ def render_report(r: dict) -> str:
             ["mean score sum, accepted", sc["score_sum_mean"]["accepted"]],
             ["mean score sum, rejected", sc["score_sum_mean"]["rejected"]],
         ])]
+    return parts
+
+
+def _performance_section(r: dict) -> list[str]:
+    perf = r["performance"]
     phase_rows = []
     for k, v in perf["phase_seconds"].items():
         phase_rows.append([f"phase {k}", fmt_seconds(v)])
@@ -149,7 +166,7 @@ def render_report(r: dict) -> str:
             split = curvature_solve_split(perf)
             phase_rows.append(["  of which: " + " / ".join(split), " / ".join(fmt_seconds(s) for s in split.values())])
     resumed = resumed_note(r)
-    parts += ["## Performance", *([f"**{resumed.capitalize()}.**"] if resumed else []), table(
+    return ["## Performance", *([f"**{resumed.capitalize()}.**"] if resumed else []), table(
         ["measure", "value"],
         [["wall", fmt_seconds(perf["wall_seconds"])],
          ["Hessian solves (the modules this run computed, summed over ranks)",
@@ -161,9 +178,6 @@ def render_report(r: dict) -> str:
     ), f"Device: {r['environment']['device']}; torch {r['environment']['torch']}. The curvature_solve phase is "
        "the solves and the rest (building curvature rows, moving data); the diagnostics, which run interleaved "
        "with it because they need each module's factors, are booked as their own phase."]
-    parts += ["## Validation", table(["check", "passed", "detail"],
-                                     [[c["name"], c["passed"], c["detail"]] for c in val["checks"]])]
-    return "\n\n".join(parts) + "\n"
 
 
 def summary_lines(r: dict, out_dir) -> list[str]:

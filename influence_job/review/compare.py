@@ -30,7 +30,8 @@ from pydantic import Field
 
 from influence_job.base.errors import InputError
 from influence_job.base.exit_codes import ExitCode
-from influence_job.inputs.config import Section, read_yaml_mapping, validate_with_overrides
+from influence_job.inputs.config import Section
+from influence_job.inputs.config_files import read_yaml_mapping, validate_with_overrides
 from influence_job.outputs.results import Results, read_results
 from influence_job.run.checkpoint import changed_settings, settings_part
 
