@@ -1,5 +1,5 @@
-"""The default diagnostic end to end on a Qwen2.5-1.5B-shaped random-weight model (the GPU benchmark of
-issue 5), or on tiny-qwen2 with --small (CPU, CI-sized).
+"""The default diagnostic end to end on a Qwen2.5-1.5B-shaped random-weight model (the GPU benchmark), or on
+tiny-qwen2 with --small (CPU, CI-sized).
 
 Data: synthetic pre-tokenised groups (12 prompts × 8 responses × ~1,024 tokens by default), half of each
 prompt's responses accepted. Runs the default diagnostic (token curvature, global scope) and the

@@ -1,4 +1,4 @@
-"""`influence-job compare` and baselines (issue 11) on real runs of the built-in tiny model."""
+"""`influence-job compare` and baselines on real runs of the built-in tiny model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rollouts as RL trainers write them (issue 15): flat JSON Lines (verl's rollout dump) and Parquet in, grouped
+"""Rollouts as RL trainers write them: flat JSON Lines (verl's rollout dump) and Parquet in, grouped
 JSON Lines unchanged, chat-message prompts through the model's chat template, and influence_rows.parquet out."""
 
 from __future__ import annotations

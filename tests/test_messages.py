@@ -1,4 +1,4 @@
-"""Messages a user can act on (issue 9, §5): each names the field or line and the fix, in plain words."""
+"""Messages a user can act on: each names the field or line and the fix, in plain words."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Resume after an interruption (issue 10): a killed run, repeated, computes only the modules it had not saved,
+"""Resume after an interruption: a killed run, repeated, computes only the modules it had not saved,
 and its results equal an uninterrupted run's; a changed run never mixes with an old checkpoint.
 
 Every run is the real command line (float64 tiny Qwen2, see float64_qwen2.py) in a subprocess; kills are

@@ -1,4 +1,4 @@
-"""Outputs never destroy data, and stops are clean (issue 9, §2 and §3).
+"""Outputs never destroy data, and stops are clean.
 
 Each run here is the real command line on the built-in tiny model; signals are real signals (see
 stop_driver.py for how one lands inside a given phase).

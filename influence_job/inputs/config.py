@@ -191,7 +191,8 @@ class ComputeConfig(Section):
         "(applied through the factors), so results stay float64 solves (a refinement that stalls falls back to "
         "float64 products), for a few float64 passes over the token rows (bench/gram_dtype_error.py measures "
         "both); factorisation is float64. 'auto', per factorisation: tf32 on CUDA where the products it saves "
-        "(about 4x faster than float64's) outweigh the refinement steps it adds, else float64; float64 on the CPU, "
+        "(TF32 GEMMs run several times faster than float64's) outweigh the refinement steps it adds, else "
+        "float64; float64 on the CPU, "
         "where cheaper products save nothing."
     )
     token_chunk: int = Field(

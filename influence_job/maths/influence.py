@@ -48,10 +48,10 @@ def token_scores(U: torch.Tensor, V: torch.Tensor, Z: torch.Tensor, scored: np.n
     """score_t = g_tᵀ z_r = u_tᵀ Z_r v_t for every response token t (Z_r the k_out × k_in reshape of row r of
     ``Z``), NaN for the tokens of responses not ``scored``.
 
-    One small product per response, as a batched product over padded responses was measured slower on the CPU
-    (bench/token_scores.py: zero-filling and scattering the padded operands cost more than the loop). What
-    the loop no longer does is copy each response's token indices to the device: they are moved once per
-    module, and a response whose token rows are consecutive (the usual layout) is read as a slice, no gather.
+    One small product per response: a batched product over padded responses is slower on the CPU, because
+    zero-filling and scattering the padded operands cost more than the loop (bench/token_scores.py). The token
+    indices move to the device once per module, and a response whose token rows are consecutive (the usual
+    layout) is read as a slice, without a gather.
     """
     k_out, k_in = U.shape[1], V.shape[1]
     offsets = layout.token_offsets

@@ -100,9 +100,9 @@ class TokenRows:
 
         Through the factors the multiply-adds are those of explicit rows (2·n·m·D per product), but the memory
         traffic beside the GEMM is n·m·min(k_out, k_in) values instead of the n·D of forming explicit rows: less
-        when m < max(k_out, k_in). Measured on the CPU (bench/token_products.py): 10.5-10.8× faster at D 13,440
-        with 8 right-hand sides, 1.16× with 96; 0.5-0.7× at D 840 with 96 (70 × 12), where explicit rows are kept.
-        A step's t × m × min(k_out, k_in) intermediate holds no more values than a chunk of explicit rows."""
+        when m < max(k_out, k_in), which is where bench/token_products.py finds it faster (figures in
+        bench/RESULTS.md); otherwise explicit rows are kept. A step's t × m × min(k_out, k_in) intermediate holds
+        no more values than a chunk of explicit rows."""
         k_small, k_big = sorted((self.U.shape[1], self.V.shape[1]))
         use = m < k_big if force is None else force
         return max(1, self.chunk * self.D // (m * k_small)) if use else None

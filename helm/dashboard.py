@@ -2,9 +2,10 @@
 this package exports: the live metrics of a run (metrics.JobMetrics, served by the exporter sidecar), the
 headline figures a run pushes (outputs.headline) and the verdict `compare` pushes.
 
-    python -m influence_job.monitoring.dashboard   # writes helm/influence-job/dashboards/influence-job.json
+    python helm/dashboard.py   # writes helm/influence-job/dashboards/influence-job.json
 
-The chart ships that file; tests/test_metrics.py checks that it equals this builder's output and evaluates every
+A development tool beside the chart, not part of the package (the job's image does not need the SDK). The chart
+ships the file it writes; tests/test_metrics.py checks that it equals this builder's output and evaluates every
 query against a real Prometheus fed by a run.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from influence_job.monitoring.metrics import PREFIX
 from influence_job.outputs.headline import HEADLINE
 
-DASHBOARD_FILE = Path(__file__).resolve().parents[2] / "helm" / "influence-job" / "dashboards" / "influence-job.json"
+DASHBOARD_FILE = Path(__file__).resolve().parent / "influence-job" / "dashboards" / "influence-job.json"
 NIGHTLY = '{instance="influence-nightly"}'
 
 
