@@ -5,8 +5,8 @@ headline figures a run pushes (outputs.headline) and the verdict `compare` pushe
     python helm/dashboard.py   # writes helm/influence-job/dashboards/influence-job.json
 
 A development tool beside the chart, not part of the package (the job's image does not need the SDK). The chart
-ships the file it writes; tests/test_metrics.py checks that it equals this builder's output and evaluates every
-query against a real Prometheus fed by a run.
+ships the file it writes; tests/monitoring/test_metrics.py checks that it equals this builder's output and
+evaluates every query against a real Prometheus fed by a run.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ TRANSIENT = (ExitCode.DISTRIBUTED, ExitCode.SIGKILL, ExitCode.SIGTERM)
 
 
 def table() -> str:
-    """README's table of exit codes (tests/test_cli_outputs.py checks README holds exactly this)."""
+    """README's table of exit codes (tests/cli/test_cli_outputs.py checks README holds exactly this)."""
     rows = [f"| `{int(c)}` | {c.meaning}{' (the cluster retries it)' if c in TRANSIENT else ''} |" for c in ExitCode]
     return "\n".join(["| exit code | meaning |", "| --- | --- |", *rows])
 

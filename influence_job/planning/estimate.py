@@ -171,7 +171,8 @@ def activation_bytes(work: Workload, tokens: int, score_entries: int = 0) -> flo
     that logsumexp keeps, and the logits' gradient (vocabulary × (2·model bytes + 4) per position). Where the
     attention kernel keeps its probabilities (eager attention, and PyTorch's CPU kernel for a padding mask) also
     heads × Σ s² per layer (``score_entries``: Σ over the batch's sequences of s², padded, times the copies
-    held: one for the CPU sdpa kernel, three for eager attention, as tests/test_plan.py's memory probe finds)."""
+    held: one for the CPU sdpa kernel, three for eager attention, as tests/planning/test_plan.py's memory probe
+    finds)."""
     mb = DTYPES[work.model_dtype].itemsize
     per_layer = (4 * work.hidden + 2 * work.kv_dim + 3 * work.intermediate) * mb
     logits = work.vocab * (2 * mb + 4)

@@ -202,7 +202,7 @@ def test_hera_python_path_example_submits_the_same_workflow(argo):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "submit_with_hera.py"
+    path = Path(__file__).resolve().parents[2] / "examples" / "submit_with_hera.py"
     spec = importlib.util.spec_from_file_location("submit_with_hera", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)

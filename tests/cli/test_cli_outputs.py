@@ -28,7 +28,7 @@ def test_default_run_through_console_script(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[capture] micro-batch" in proc.stderr and "[curvature_solve] module 14/14" in proc.stderr
     phases = re.findall(r"^\[(\w+)\] \.\.\.$", proc.stderr, re.M)
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     listed = readme.split("Progress goes to stderr phase by phase")[1].split("stdout ends")[0]
     assert phases and all(f"[{p}]" in listed for p in phases), (phases, listed)  # README names every phase
     assert "validation: PASSED" in proc.stdout and str(out) in proc.stdout
@@ -153,7 +153,7 @@ def test_module_entry_point(tmp_path):
 def test_readme_and_ci_share_the_test_command():
     from pathlib import Path
 
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     ci = (root / ".ci" / "run").read_text()
     readme = (root / "README.md").read_text()
     command = next(line for line in ci.splitlines() if line.startswith("bash tests/install-services.sh"))
@@ -189,7 +189,7 @@ def test_exit_codes_have_one_definition_that_help_readme_and_the_retry_expressio
     from influence_job.base.exit_codes import TRANSIENT, ExitCode, table
     from influence_job.cluster.workflows import RETRY_EXPRESSION
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert table() in readme
     with pytest.raises(SystemExit):
         main(["--help"])

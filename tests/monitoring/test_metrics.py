@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from services import free_port, get, query, start_prometheus, start_pushgateway, wait_for, wait_http
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "helm" / "influence-job" / "dashboards" / "influence-job.json"
 
 

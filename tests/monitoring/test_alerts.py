@@ -11,7 +11,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-CHART = Path(__file__).resolve().parents[1] / "helm" / "influence-job"
+CHART = Path(__file__).resolve().parents[2] / "helm" / "influence-job"
 RULES = CHART / "rules" / "influence-job.rules.yaml"
 NIGHTLY = {"instance": "influence-nightly", "job": "influence_job"}
 ADHOC = {"instance": "run-42", "job": "influence_job"}

@@ -22,7 +22,7 @@ from influence_job.cluster.chart import CHART_DIR, generated_files
 from influence_job.cluster.settings import ClusterSettings, load_settings
 from influence_job.cluster.workflows import build_all, build_submission
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.33.0"
 CUSTOM_VALUES = {"gpus": 4, "gpuProduct": "NVIDIA-H100-80GB-HBM3", "nightly": {"schedule": "30 3 * * 1-5"},
                  "image": "registry.local/influence-job:dev", "retryLimit": 4,

@@ -19,7 +19,7 @@ from tolerances import MODEL_RTOL, SOLVE_RTOL, rel_err
 
 from influence_job.planning.assignment import assign_modules, shard_prompts
 
-FLOAT64_CLI = str(Path(__file__).with_name("float64_cli.py"))
+FLOAT64_CLI = str(Path(__file__).parents[1] / "float64_cli.py")
 
 
 def _text(seed: str, n: int) -> str:

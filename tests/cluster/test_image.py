@@ -8,7 +8,7 @@ import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FROM_BASE_IMAGE = {"torch"}  # the CUDA build comes with the base image
 
 

@@ -18,7 +18,7 @@ from influence_job.outputs.number_format import column_format, format_rows
 from influence_job.outputs.regenerate import read_output
 from influence_job.outputs.report_html import AGGREGATE_ABOVE, render_html
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "report-html"
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (tests/install-services.sh installs it)
 SECTIONS = ("verdict", "glance", "heatmaps", "distributions", "where", "tokens", "diagnostics", "performance")

@@ -13,7 +13,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "influence_job"
 MODULE_LINES, FUNCTION_LINES = 400, 60
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import GROUPS, write_jsonl
 from tolerances import rel_err
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # the tests folder: its helpers
 DRIVER, CLI = str(HERE / "stop_driver.py"), str(HERE / "float64_cli.py")
 EQUAL = 1e-12  # the bound; contributions are read back bit for bit, so only summation order differs
 

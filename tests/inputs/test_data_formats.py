@@ -178,5 +178,5 @@ def test_default_prompt_ids_are_what_the_usage_page_says(tmp_path):
     grouped = load_dataset(write_jsonl(tmp_path / "g.jsonl", groups), tokenizer, 1000, 512)
     flat = load_dataset(write_jsonl(tmp_path / "f.jsonl", flat_rows()), tokenizer, 1000, 512)
     assert grouped.prompt_ids[:2] == ["line1", "line2"] and flat.prompt_ids[:2] == ["p0", "p1"]
-    usage = (Path(__file__).parents[1] / "docs" / "usage.md").read_text()
+    usage = (Path(__file__).parents[2] / "docs" / "usage.md").read_text()
     assert "a grouped file's\n  prompt is `line<N>`" in usage and "a flat table's `p<K>`" in usage
