@@ -190,15 +190,19 @@ def pair_values(M: np.ndarray, prompt_index: np.ndarray, accepted: np.ndarray) -
     return {key: values[mask] for key, mask in masks.items()}
 
 
+def _names(values: dict[tuple[str, str], np.ndarray]) -> tuple[list[str], list[str]]:
+    """The scopes and categories of pair values keyed (scope, category), in their order."""
+    return list(dict.fromkeys(s for s, _ in values)), list(dict.fromkeys(c for _, c in values))
+
+
 def cos_distributions(raw_cos: dict, hinv_cos: dict) -> str:
     """Histograms of pair cosines per scope × category, RAW and HINV overlaid (same axis: cosines share one)."""
-    from influence_job.maths.similarity import CATEGORIES, SCOPES
-
+    scopes, categories = _names(raw_cos)
     fig = Figure(figsize=(9, 6.4))
     axes = fig.subplots(3, 3, sharex=True)
     bins = np.linspace(-1, 1, 41)
-    for r, scope in enumerate(SCOPES):
-        for c, cat in enumerate(CATEGORIES):
+    for r, scope in enumerate(scopes):
+        for c, cat in enumerate(categories):
             ax = axes[r, c]
             for values, color, name in ((raw_cos[(scope, cat)], RAW_COLOR, "RAW"),
                                         (hinv_cos[(scope, cat)], HINV_COLOR, "HINV")):
@@ -222,15 +226,14 @@ def cos_distributions(raw_cos: dict, hinv_cos: dict) -> str:
 
 def dot_distributions(raw_dot: dict, hinv_dot: dict, self_dots: dict) -> str:
     """Box plots of pair dots per scope and category (RAW and HINV each on its own scale), then self-dots."""
-    from influence_job.maths.similarity import CATEGORIES, SCOPES
-
+    scopes, categories = _names(raw_dot)
     fig = Figure(figsize=(9, 7.6))
     axes = fig.subplots(4, 2)
     for col, (name, values) in enumerate((("RAW", raw_dot), ("HINV", hinv_dot))):
-        for r, scope in enumerate(SCOPES):
+        for r, scope in enumerate(scopes):
             ax = axes[r, col]
-            data = [values[(scope, c)] for c in CATEGORIES]
-            ax.boxplot([d if d.size else [np.nan] for d in data], tick_labels=CATEGORIES, showfliers=False,
+            data = [values[(scope, c)] for c in categories]
+            ax.boxplot([d if d.size else [np.nan] for d in data], tick_labels=categories, showfliers=False,
                        widths=0.5)
             ax.set_title(f"{name} dot · {scope}", fontsize=8)
             ax.tick_params(labelsize=7)

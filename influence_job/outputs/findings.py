@@ -9,17 +9,18 @@ import math
 
 import numpy as np
 
-from influence_job.maths.similarity import CATEGORIES
 from influence_job.outputs.number_format import fmt, fmt_percent
+from influence_job.outputs.results import categories_of
 
 
 def per_prompt_cos(results: dict, method: str) -> dict[str, float | None]:
-    return {c: results["similarity"][method]["per_prompt"][c]["cos"]["mean"] for c in CATEGORIES}
+    stats = results["similarity"][method]
+    return {c: stats["per_prompt"][c]["cos"]["mean"] for c in categories_of(stats)}
 
 
 def scope_mean_cos(stats: dict, scope: str) -> float | None:
     """Mean cosine over all pairs of a scope (the categories' means weighted by their pair counts)."""
-    cells = [stats[scope][c] for c in CATEGORIES if stats[scope][c]["n"]]
+    cells = [stats[scope][c] for c in categories_of(stats) if stats[scope][c]["n"]]
     n = sum(c["n"] for c in cells)
     return sum(c["n"] * c["cos"]["mean"] for c in cells) / n if n else None
 
@@ -30,7 +31,7 @@ def module_shares(modules: list[dict], key) -> tuple[list, dict]:
     out: dict[str, dict[str, list[float]]] = {}
     for method in ("raw", "hinv"):
         out[method] = {}
-        for cat in CATEGORIES:
+        for cat in [c for c in modules[0]["contribution"][method] if c != "self"]:
             values = [m["contribution"][method][cat] for m in modules]
             if any(v is None for v in values):
                 out[method][cat] = [math.nan] * len(names)
@@ -96,12 +97,12 @@ def _order_findings(raw: dict, hinv: dict) -> list[str]:
     """Which category is most and least aligned, and whether H⁻¹ weighting reorders them."""
     out = []
     for name, cos in (("Plainly (RAW)", raw), ("Under H⁻¹ (HINV)", hinv)):
-        ranked = sorted((c for c in CATEGORIES if cos[c] is not None), key=lambda c: -cos[c])
+        ranked = sorted((c for c in cos if cos[c] is not None), key=lambda c: -cos[c])
         if ranked:
             out.append(f"{name}, same-prompt pairs are most aligned for {ranked[0]} ({fmt(cos[ranked[0]])})"
                        + (f" and least for {ranked[-1]} ({fmt(cos[ranked[-1]])})." if len(ranked) > 1 else "."))
-    r_rank = sorted((c for c in CATEGORIES if raw[c] is not None), key=lambda c: -raw[c])
-    h_rank = sorted((c for c in CATEGORIES if hinv[c] is not None), key=lambda c: -hinv[c])
+    r_rank = sorted((c for c in raw if raw[c] is not None), key=lambda c: -raw[c])
+    h_rank = sorted((c for c in hinv if hinv[c] is not None), key=lambda c: -hinv[c])
     if r_rank and h_rank:
         out.append("H⁻¹ weighting keeps the order of the categories." if r_rank == h_rank else
                    f"H⁻¹ weighting changes the order of the categories: {' > '.join(r_rank)} plainly, "

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from influence_job.maths.similarity import CATEGORIES, SCOPES
 from influence_job.outputs.findings import findings, random_weights_caveat
 from influence_job.outputs.number_format import column_format, fmt, fmt_bytes, fmt_percent, fmt_seconds, format_rows
+from influence_job.outputs.results import categories_of, scopes_of
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -62,17 +62,18 @@ UNPROJECTED_HEADER = ["RAW dot mean", "exact", "projected", "relative difference
 def unprojected_rows(u: dict) -> list[list]:
     """The unprojected comparison's rows (both reports): exact and projected means, difference in %."""
     rel = u["relative_difference"]
-    rows = [[f"{s} {c}", u["unprojected"][s][c]["dot"]["mean"], u["projected"][s][c]["dot"]["mean"],
-             fmt_percent(rel[s][c])] for s in SCOPES for c in CATEGORIES]
+    exact = u["unprojected"]
+    rows = [[f"{s} {c}", exact[s][c]["dot"]["mean"], u["projected"][s][c]["dot"]["mean"], fmt_percent(rel[s][c])]
+            for s in scopes_of(exact) for c in categories_of(exact)]
     return rows + [[f"self-dot {k}", u["unprojected"]["self_dot"][k]["mean"], u["projected"]["self_dot"][k]["mean"],
                     fmt_percent(rel["self_dot"][k])] for k in ("acc", "rej", "all")]
 
 
 def similarity_tables(stats: dict) -> str:
     out = []
-    for scope in SCOPES:
+    for scope in scopes_of(stats):
         rows = []
-        for cat in CATEGORIES:
+        for cat in categories_of(stats):
             c = stats[scope][cat]
             rows.append([cat, c["n"], c["dot"]["mean"], c["dot"]["std"], c["cos"]["mean"], c["cos"]["std"],
                          c["cos"]["min"], c["cos"]["max"]])
@@ -187,8 +188,8 @@ def summary_lines(r: dict, out_dir) -> list[str]:
     ]
     for m in ("raw", "hinv"):
         sd = r["similarity"][m]["self_dot"]["all"]["mean"]
-        dots = [pp(m, c, "dot") for c in CATEGORIES] + [sd]
-        cos = [pp(m, c, "cos") for c in CATEGORIES]
+        dots = [pp(m, c, "dot") for c in categories_of(r["similarity"][m])] + [sd]
+        cos = [pp(m, c, "cos") for c in categories_of(r["similarity"][m])]
         one_dot, one_cos = column_format(dots), column_format(cos)  # one notation per line
         lines.append(f"{m.upper() + ' dot':14} " + " ".join(f"{one_dot(x):>12}" for x in dots))
         lines.append(f"{m.upper() + ' cos':14} " + " ".join(f"{one_cos(x):>12}" for x in cos))

@@ -18,12 +18,13 @@ import json
 
 import numpy as np
 
-from influence_job.maths.similarity import CATEGORIES, SCOPES, cosine
+from influence_job.maths.similarity import cosine
 from influence_job.outputs import figures
 from influence_job.outputs.findings import findings, locate_token, module_shares
 from influence_job.outputs.number_format import fmt, fmt_percent, fmt_seconds, format_rows
 from influence_job.outputs.report import UNPROJECTED_HEADER, curvature_solve_split, resumed_note, unprojected_rows
 from influence_job.outputs.report_assets import CSS, SCRIPT
+from influence_job.outputs.results import categories_of, scopes_of
 
 AGGREGATE_ABOVE = 512  # responses; above this the heatmaps show prompt × accepted/rejected block means
 TOP_TOKENS = 10
@@ -142,9 +143,10 @@ def _distributions(results: dict, sim: dict) -> str:
                                         figures.pair_values(hinv, prompt_index, accepted), self_dots)
     rows = []
     for m in ("raw", "hinv"):
-        for s in SCOPES:
-            for c in CATEGORIES:
-                cell = results["similarity"][m][s][c]
+        stats = results["similarity"][m]
+        for s in scopes_of(stats):
+            for c in categories_of(stats):
+                cell = stats[s][c]
                 rows.append([m.upper(), s, c, cell["n"], cell["cos"]["mean"], cell["cos"]["std"], cell["dot"]["mean"],
                              cell["dot"]["std"]])
     return ('<section id="distributions"><h2>Distributions</h2>'
@@ -161,13 +163,14 @@ def _where(results: dict) -> str:
                 "modules' contributions (written by an older version); re-run to see them.</p></section>")
     kinds, by_kind = module_shares(modules, lambda m: m["kind"])
     layers, by_layer = module_shares(modules, lambda m: m["layer"])
-    rows = [[k, *(by_kind[m][c][i] * 100 for m in ("raw", "hinv") for c in CATEGORIES)] for i, k in enumerate(kinds)]
+    categories = list(by_kind["raw"])
+    rows = [[k, *(by_kind[m][c][i] * 100 for m in ("raw", "hinv") for c in categories)] for i, k in enumerate(kinds)]
     return ('<section id="where"><h2>Where in the model</h2><p class="note">Each module kind\'s and each layer\'s '
             "share of the per-prompt mean dot (the sum over modules is the whole model's; a share can be negative)."
             f'</p>{_img(figures.shares([str(k) for k in kinds], by_kind, "module kind"), "shares by module kind")}'
             f'{_img(figures.shares([f"L{ly}" for ly in layers], by_layer, "layer"), "shares by layer")}'
             "<details><summary>Shares by module kind, %</summary>"
-            + _table(["kind", *(f"{m.upper()} {c}" for m in ("raw", "hinv") for c in CATEGORIES)], rows)
+            + _table(["kind", *(f"{m.upper()} {c}" for m in ("raw", "hinv") for c in categories)], rows)
             + "</details></section>")
 
 

@@ -287,3 +287,14 @@ def read_results(path: Path) -> Results:
             f"{path} is not a valid influence-job results.json ({exc.error_count()} problem(s); first: {where}: "
             f"{first['msg']}). Give a run's output directory; a result written by an older version needs a re-run."
         ) from None
+
+
+def scopes_of(stats: dict) -> list[str]:
+    """The pair scopes of one method's statistics (``results["similarity"]["raw"]``), in the order results.json
+    lists them: what the reports render is what the result holds."""
+    return [scope for scope in stats if scope != "self_dot"]
+
+
+def categories_of(stats: dict) -> list[str]:
+    """The pair categories of one method's statistics, in results.json's order."""
+    return list(stats["per_prompt"])

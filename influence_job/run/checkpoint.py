@@ -10,7 +10,7 @@ The directory (default ``<output>.ckpt``) holds a marker, ``fingerprint.json`` (
 determines the result, and its parts for people) and ``modules/NNNN.ckpt`` files, each a SHA-256 of its
 payload followed by the payload (an npz): a truncated or corrupt file fails the check and its module is
 recomputed, never trusted. A different fingerprint never mixes: the old directory is set aside as
-``<dir>.stale-<time>`` and the run starts fresh.
+``<dir>.stale-<time>-<pid>`` and the run starts fresh.
 """
 
 from __future__ import annotations
