@@ -1,3 +1,3 @@
-from influence_job.cli import main
+from influence_job.cli.main import main
 
 raise SystemExit(main())

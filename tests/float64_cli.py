@@ -5,7 +5,7 @@ import sys
 
 import float64_qwen2
 
-from influence_job.cli import main
+from influence_job.cli.main import main
 
 float64_qwen2.apply()
 sys.exit(main())

@@ -16,7 +16,7 @@ import sys
 
 import float64_qwen2
 
-from influence_job.cli import main
+from influence_job.cli.main import main
 from influence_job.outputs import writing as outputs
 
 float64_qwen2.apply()

@@ -4,6 +4,7 @@ explains a failed step by them. A workflow tells failures apart by these numbers
 
 from __future__ import annotations
 
+import textwrap
 from enum import IntEnum
 
 
@@ -44,5 +45,6 @@ def table() -> str:
 
 
 def help_text() -> str:
-    """The exit codes as `influence-job --help` lists them."""
-    return "exit codes:\n" + "\n".join(f"  {int(c):>3}  {c.meaning}" for c in ExitCode)
+    """The exit codes as `influence-job --help` lists them, wrapped to a terminal's width."""
+    return "exit codes:\n" + "\n".join(
+        textwrap.fill(c.meaning, 100, initial_indent=f"  {int(c):>3}  ", subsequent_indent=" " * 7) for c in ExitCode)

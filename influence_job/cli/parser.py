@@ -33,7 +33,7 @@ def _kube_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="influence-job",
-        description="Gradient-similarity (RAW) and curvature-weighted (HINV) diagnostics between sampled "
+        description="Gradient-similarity (RAW) and curvature-weighted (HINV) diagnostics between sampled\n"
         "responses of an RL-trained language model, with token influence rows.",
         epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,5 +1,5 @@
 """The planning layer: what a run will cost before it runs.
 
 Workload description, device profiles, per-module time and memory estimates, rank assignment and the rendered
-plan. Imports: `monitoring`, `outputs`, `maths`, `inputs`, `base`; the run imports the planner, never the reverse.
+plan. Imports: `maths`, `inputs` and `base`; the run imports the planner, never the reverse.
 """

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import exact_config
 
-from influence_job.cli import main
+from influence_job.cli.main import main
 from influence_job.maths.similarity import CATEGORIES, SCOPES
 from influence_job.outputs import writing as outputs
 from influence_job.run.pipeline import run_job

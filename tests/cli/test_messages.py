@@ -6,7 +6,7 @@ import json
 
 from conftest import GROUPS, write_jsonl
 
-from influence_job.cli import main
+from influence_job.cli.main import main
 
 
 def test_explain_prints_effective_defaults_in_plain_words(capsys):
@@ -30,6 +30,7 @@ def test_invalid_damping_is_one_sentence(capsys):
 
 
 def test_malformed_json_line_reads_naturally(tmp_path, capsys):
+    """The file and line, what is wrong with it in plain words (test_bad_input.py has the other rejections)."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(GROUPS[0]) + "\n" + '{"prompt_id": "x", "prompt": "unterminated\n')
     assert main(["run", "--set", f"data.path={bad}", "--output", str(tmp_path / "o")]) == 2

@@ -17,7 +17,7 @@ import yaml
 from argo_schema import decode_errors, needs_schema, schema_errors
 from hera.workflows import models as hm
 
-from influence_job.cli import main
+from influence_job.cli.main import main
 from influence_job.cluster.chart import CHART_DIR, generated_files
 from influence_job.cluster.settings import ClusterSettings, load_settings
 from influence_job.cluster.workflows import build_all, build_submission

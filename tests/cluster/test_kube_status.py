@@ -13,7 +13,7 @@ from conftest import exact_config
 from kube_standin import KubeStandIn
 from test_cluster import render_chart
 
-from influence_job.cli import main
+from influence_job.cli.main import main
 from influence_job.run.pipeline import run_job
 
 NS = "ml"

@@ -16,7 +16,7 @@ from conftest import exact_config
 from kube_standin import JsonHandler
 
 from influence_job.base.errors import InputError
-from influence_job.cli import main
+from influence_job.cli.main import main
 from influence_job.cluster.publish import publish
 from influence_job.outputs.headline import PUBLISHED
 from influence_job.run.pipeline import run_job

@@ -15,7 +15,7 @@ import pytest
 from conftest import GROUPS, save_tiny_model, write_jsonl
 from transformers import AutoTokenizer
 
-from influence_job.cli import main
+from influence_job.cli.main import main
 
 
 def run(capsys, model_dir, data: Path, out: Path, *extra) -> tuple[int, str]:

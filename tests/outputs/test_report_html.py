@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from influence_job.cli import main
+from influence_job.cli.main import main
 from influence_job.outputs.number_format import column_format, format_rows
 from influence_job.outputs.regenerate import read_output
 from influence_job.outputs.report_html import AGGREGATE_ABOVE, render_html

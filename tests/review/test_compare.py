@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import GROUPS, write_jsonl
 
-from influence_job.cli import main
+from influence_job.cli.main import main
 
 SMALL = ["--set", "projection.factor=64", "--set", "diagnostics.curvature_similarity_layers=all"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from influence_job.cli import main
+from influence_job.cli.main import main
 from influence_job.outputs import writing as outputs
 
 DRIVER = str(Path(__file__).parents[1] / "stop_driver.py")
