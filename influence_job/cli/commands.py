@@ -14,6 +14,7 @@ from influence_job.run.stops import signal_after_commit
 
 
 def command(args) -> int:
+    """Run the parsed command; returns its exit code (errors propagate to main, which turns them into codes)."""
     if args.command in ("render", "submit", "preflight"):
         return _cluster(args)
     if args.command == "exporter":

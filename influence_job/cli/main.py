@@ -57,6 +57,8 @@ def _command_logging(quiet: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`influence-job`: one command with its log lines on stderr and stops handled; every way it can end maps to
+    one exit code (base/exit_codes.py)."""
     args = build_parser().parse_args(argv)
     with _command_logging(getattr(args, "quiet", False)), stop_signals():
         try:

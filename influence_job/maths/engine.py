@@ -34,6 +34,8 @@ class Layout:
 
 
 def make_layout(cap: Capture, prompt_index: np.ndarray, accepted: np.ndarray, advantage: np.ndarray) -> Layout:
+    """The layout of the captured rows: prompts as contiguous response ranges (the data keeps a prompt's responses
+    together), each response's token rows, and its labels."""
     bounds = []
     for p in range(int(prompt_index.max()) + 1):
         idx = np.flatnonzero(prompt_index == p)
@@ -75,6 +77,9 @@ def module_rows(mf: ModuleFactors, source: str, compute_cfg, layout: Layout):
 
 
 def process_module(mf: ModuleFactors, layout: Layout, cfg) -> ModuleResult:
+    """One module's RAW Gram, its factorisations in schedule order (maths.schedule) with the HINV quadratic forms
+    and the token-score solves they serve, and a record of what ran. Every factorisation chooses its route within
+    the memory free when the module starts."""
     t0 = time.perf_counter()
     G = mf.G
     N = G.shape[0]

@@ -205,6 +205,8 @@ def _capture_stage(run: Run, model, selected):
 
 
 def _after_capture(run: Run, local) -> RunResult:
+    """Every stage after the capture. Ranks other than 0 stop after the reduce: rank 0 holds the sums and alone
+    assembles, reports and writes the result."""
     cfg, comm, phases, arrays = run.cfg, run.comm, run.phases, run.ds.arrays
     sim_layers = similarity_layers(cfg, [layer_index(name) for name in run.names])
     with phases("exchange"):
