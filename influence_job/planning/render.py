@@ -12,10 +12,10 @@ def render(plan: Plan) -> str:
     lines = [f"device: {dev.source}; {dev.memory_bytes / GiB:.0f} GiB; rates (flop/s): "
              + ", ".join(f"{k} {si_text(v)}" for k, v in dev.rates.items()),
              f"ranks: {plan.ranks}", "",
-             "phase            rank      flops   bytes moved  peak device   peak host   est. time"]
+             "phase            rank      flops   bytes moved  peak device    peak host   est. time"]
     for p in plan.phases:
         lines.append(f"{p.phase:<16} {p.rank:>4} {si_text(p.flops):>10} {si_text(p.bytes_moved, 'B'):>13} "
-                     f"{p.peak_device_bytes / GiB:>9.2f} Gi {p.peak_host_bytes / GiB:>8.2f} Gi "
+                     f"{p.peak_device_bytes / GiB:>8.2f} GiB {p.peak_host_bytes / GiB:>8.2f} GiB "
                      f"{secs_text(p.seconds):>11}")
     lines += ["", "estimated wall time (slowest rank per phase; a rank's curvature_solve and diagnostics as one, they "
               f"interleave; statistics/report/write not included): {secs_text(plan.seconds())}", "",
