@@ -43,7 +43,8 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
              "(see the run step's logs).")
     run_ok = run_status in (None, "", "Succeeded")
     figures = {f.published: _text(f.value(results)) for f in HEADLINE if f.published}
-    checks = (results.get("validation") or {}).get("checks") or []
+    validation = results.get("validation") or {}
+    checks = validation.get("checks") or []
     failed = [c["name"] for c in checks if not c["passed"]]
     if not run_ok:  # the outputs carry this run's verdict, not a stale result's
         figures["validation-passed"] = "false"
@@ -52,7 +53,7 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
         (out_dir / name).write_text(text)
     (out_dir / FAILED_CHECKS).write_text(",".join(failed))
     summary = _copy_reports(results_dir, out_dir, echo)
-    passed = bool((results.get("validation") or {}).get("passed"))
+    passed = bool(validation.get("passed"))
     for check in checks:
         echo(f"check {check['name']}: {'passed' if check['passed'] else 'FAILED'} ({check['detail']})")
     if not run_ok:
@@ -61,7 +62,7 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
     echo(f"validation: {'PASSED' if passed else 'FAILED'}" + ("" if run_ok else "; run step: FAILED"))
     verdict = passed and run_ok
     if status_to:
-        rows = (results.get("validation") or {}).get("rows_emitted")
+        rows = validation.get("rows_emitted")
         _write_status(status_to, Verdict(verdict, rows if run_ok else None, failed, summary, figures,
                                          _where(results_dir, status_to.get("claim"))), echo)
     return 0 if verdict else 1

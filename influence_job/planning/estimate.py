@@ -32,15 +32,11 @@ class ModuleEstimate:
     factorisations: list[Executed]
 
 
-def schedule_of(cfg, prompt_of: np.ndarray, kept: np.ndarray) -> list[Factorisation]:
-    """The factorisations of every module (the same for all: the rows are the kept positions) for responses whose
-    prompts are ``prompt_of`` (grouped, in order) and whose kept positions are ``kept``."""
-    n_prompts = int(prompt_of.max()) + 1 if len(prompt_of) else 0
-    ends = np.cumsum(np.bincount(prompt_of, minlength=n_prompts)).tolist()
-    bounds = list(zip([0] + ends[:-1], ends, strict=True))
-    token = np.concatenate([[0], np.cumsum(kept)]).astype(int)
-    offsets = token if cfg.curvature.source == "token" else np.arange(len(prompt_of) + 1)
-    return module_schedule(bounds, offsets, cfg.curvature.scope, cfg.influence.enabled)
+def schedule_of(cfg, prompt_bounds: list[tuple[int, int]], token_offsets: np.ndarray) -> list[Factorisation]:
+    """The factorisations of every module (the same for all: the rows are the kept positions) for prompts whose
+    responses are ``prompt_bounds`` and responses whose kept positions are [token_offsets[r], token_offsets[r+1])."""
+    offsets = token_offsets if cfg.curvature.source == "token" else np.arange(len(token_offsets))
+    return module_schedule(prompt_bounds, offsets, cfg.curvature.scope, cfg.influence.enabled)
 
 
 def module_estimate(dims: Dims, schedule: list[Factorisation], cfg, rate=lambda kind: 1.0,
@@ -93,8 +89,7 @@ def module_costs(cfg, modules, unprojected: str | None, row_offsets: np.ndarray,
     """The seconds a run balances its ranks by: each module's (anything with ``dims``, ``layer`` and ``name``)
     estimated solves and diagnostics on ``profile``, for responses whose kept rows are given by ``row_offsets``
     (N+1) and grouped into prompts by ``prompt_bounds``."""
-    prompt_of = np.repeat(np.arange(len(prompt_bounds)), [e - s for s, e in prompt_bounds])
-    schedule = schedule_of(cfg, prompt_of, np.diff(row_offsets))
+    schedule = schedule_of(cfg, prompt_bounds, row_offsets)
     rows = [int(row_offsets[e] - row_offsets[s]) for s, e in prompt_bounds]
     responses = [e - s for s, e in prompt_bounds]
     out = []
@@ -105,8 +100,9 @@ def module_costs(cfg, modules, unprojected: str | None, row_offsets: np.ndarray,
     return out
 
 
-def factor_bytes(dims: Dims, rows: int, responses: int, factor_bytes: int) -> int:
-    return rows * (dims.k_in + dims.k_out) * factor_bytes + responses * dims.D * 8
+def factor_bytes(dims: Dims, rows: int, responses: int, itemsize: int) -> int:
+    """A module's per-position factors U, V (``itemsize`` bytes each) and its float64 response gradients G."""
+    return rows * (dims.k_in + dims.k_out) * itemsize + responses * dims.D * 8
 
 
 def diagnostic_flops(cfg, dims: Dims, similarity: bool, unprojected: bool, prompt_rows: list[int],

@@ -132,7 +132,9 @@ def make_plan(cfg, work: Workload, device: DeviceProfile, ranks: int = 1, baseli
     prompt_resp = np.bincount(work.prompt_of, minlength=P).astype(int).tolist()
     T = int(sum(prompt_rows))
     limit = device.memory_bytes * 0.9
-    schedule = schedule_of(cfg, work.prompt_of, work.kept)
+    ends = np.cumsum(prompt_resp).tolist()  # responses are grouped by prompt, in prompt order
+    schedule = schedule_of(cfg, list(zip([0, *ends[:-1]], ends, strict=True)),
+                           np.concatenate([[0], np.cumsum(work.kept)]).astype(int))
     layers = similarity_layers(cfg, [m.layer for m in work.modules])
     plans = []
     for m in work.modules:
