@@ -28,6 +28,7 @@ from influence_job.inputs.model import qwen2_1_5b_config_dict
 from influence_job.maths.engine import process_module
 from influence_job.run.checkpoint import Checkpoint, ModuleContribution
 from influence_job.run.pipeline import capture_inputs, load_inputs
+from influence_job.run.stages import module_record
 
 
 def full_size_arithmetic(n_responses=96, response_tokens=800, positions=90_000) -> None:
@@ -66,7 +67,8 @@ def main() -> None:
             t0 = time.perf_counter()
             res = process_module(mf, layout, cfg)
             compute.append(time.perf_counter() - t0)
-            c = ModuleContribution(i, {"name": mf.name}, res.raw.numpy(), res.hinv.numpy(), res.scores.numpy())
+            c = ModuleContribution(i, module_record(mf, res, 0.0), res.raw.numpy(), res.hinv.numpy(),
+                                   res.scores.numpy())
             t0 = time.perf_counter()
             store.save(c)
             save.append(time.perf_counter() - t0)

@@ -31,6 +31,7 @@ from common import Agreement
 
 from influence_job.inputs.config import JobConfig
 from influence_job.inputs.model import builtin_config
+from influence_job.outputs.results import Results
 from influence_job.planning.plan import Plan, make_plan
 from influence_job.planning.profiles import device_profile, profile
 from influence_job.planning.render import render
@@ -72,34 +73,34 @@ def run(model: str, data: Path, device: str, dtype: str, gram_dtype: str, source
     return run_job(cfg, write=False).results, plan
 
 
-def report(label: str, r: dict, plan: Plan, full_size: bool) -> None:
-    perf = r["performance"]
-    phases = ", ".join(f"{k} {v:.2f} s" for k, v in perf["phase_seconds"].items())
-    wall = perf["wall_seconds"]
+def report(label: str, r: Results, plan: Plan, full_size: bool) -> None:
+    perf = r.performance
+    phases = ", ".join(f"{k} {v:.2f} s" for k, v in perf.phase_seconds.items())
+    wall = perf.wall_seconds
     print(f"[{label}] phase: measured (share of wall) | planner's estimate (compute only, a floor)")
-    for name, seconds in perf["phase_seconds"].items():
+    for name, seconds in perf.phase_seconds.items():
         planned = f"{plan.seconds(name):.3f} s" if any(p.phase == name for p in plan.phases) else "not estimated"
         print(f"[{label}]   {name:<16} {seconds:8.3f} s ({100 * seconds / wall:4.1f} %) | {planned}")
-    solves, diag = perf["phase_seconds"]["curvature_solve"], perf["phase_seconds"].get("diagnostics", 0.0)
+    solves, diag = perf.phase_seconds["curvature_solve"], perf.phase_seconds.get("diagnostics", 0.0)
     print(f"[{label}] diagnostics / solves: measured {diag / solves:.3f}, planned "
           f"{plan.seconds('diagnostics') / max(plan.seconds('curvature_solve'), 1e-12):.3f}")
-    print(f"[{label}] peak memory: measured GPU {perf['peak_gpu_mem_bytes'] / 2**30:.2f} GiB, host "
-          f"{perf['peak_host_mem_bytes'] / 2**30:.2f} GiB | planned "
+    print(f"[{label}] peak memory: measured GPU {perf.peak_gpu_mem_bytes / 2**30:.2f} GiB, host "
+          f"{perf.peak_host_mem_bytes / 2**30:.2f} GiB | planned "
           + (f"GPU {plan.peak_device_bytes() / 2**30:.2f} GiB, " if plan.device.gpu else "")
           + f"host {plan.peak_host_bytes() / 2**30:.2f} GiB")
     print(f"[{label}] {plan.summary()}")
-    tokens_per_s = r["n_positions"] / perf["phase_seconds"]["capture"]
-    print(f"[{label}] {r['n_responses']} responses, {r['n_positions']:,} positions, {len(r['modules'])} modules; "
-          f"validation {'passed' if r['validation']['passed'] else 'FAILED'}")
-    print(f"[{label}] wall {perf['wall_seconds']:.2f} s ({phases})")
-    print(f"[{label}] curvature+solve {perf['phase_seconds']['curvature_solve']:.3f} s "
-          f"(sum over modules {perf['hessian_solve_seconds']:.3f} s); capture {tokens_per_s:,.0f} tokens/s")
-    print(f"[{label}] peak GPU {perf['peak_gpu_mem_bytes'] / 1e9:.2f} GB, "
-          f"host {perf['peak_host_mem_bytes'] / 1e9:.2f} GB")
+    tokens_per_s = r.n_positions / perf.phase_seconds["capture"]
+    print(f"[{label}] {r.n_responses} responses, {r.n_positions:,} positions, {len(r.modules)} modules; "
+          f"validation {'passed' if r.validation.passed else 'FAILED'}")
+    print(f"[{label}] wall {perf.wall_seconds:.2f} s ({phases})")
+    print(f"[{label}] curvature+solve {perf.phase_seconds['curvature_solve']:.3f} s "
+          f"(sum over modules {perf.hessian_solve_seconds:.3f} s); capture {tokens_per_s:,.0f} tokens/s")
+    print(f"[{label}] peak GPU {perf.peak_gpu_mem_bytes / 1e9:.2f} GB, "
+          f"host {perf.peak_host_mem_bytes / 1e9:.2f} GB")
     if full_size:  # the original's figures are for the 1.5B model: no ratio for the tiny CPU run
         print(f"[{label}] vs original system (one step on 8×H200): wall "
-              f"{ORIGINAL['wall'] / perf['wall_seconds']:.0f}x less, curvature+solve "
-              f"{ORIGINAL['solve'] / max(perf['phase_seconds']['curvature_solve'], 1e-9):.0f}x less")
+              f"{ORIGINAL['wall'] / perf.wall_seconds:.0f}x less, curvature+solve "
+              f"{ORIGINAL['solve'] / max(perf.phase_seconds['curvature_solve'], 1e-9):.0f}x less")
 
 
 def main() -> None:
@@ -139,17 +140,17 @@ def main() -> None:
     report("token source, global scope (default)", token, both["token"][1], not args.small)
     report("response source", response, both["response"][1], not args.small)
     for source, r in runs.items():
-        failed = [c["name"] for c in r["validation"]["checks"] if not c["passed"]]
+        failed = [c.name for c in r.validation.checks if not c.passed]
         agreement.check(f"failed validation checks of the {source}-source run{' ' + str(failed) if failed else ''}",
                         len(failed), 1)
     agreement.finish()
     scope = " (not applicable to --small)" if args.small else ""
-    tp, rp = token["performance"], response["performance"]
-    print(f"targets (for the 1.5B model on one H200/H100){scope}: wall ≤ 60 s: {tp['wall_seconds']:.1f} s; "
-          f"curvature+solve ≤ 15 s (token) / ≤ 1 s (response): {tp['phase_seconds']['curvature_solve']:.2f} s / "
-          f"{rp['phase_seconds']['curvature_solve']:.2f} s; "
-          f"peak host ≤ 32 GB: {tp['peak_host_mem_bytes'] / 1e9:.1f} GB; "
-          f"peak GPU ≤ 70 GB: {tp['peak_gpu_mem_bytes'] / 1e9:.1f} GB")
+    tp, rp = token.performance, response.performance
+    print(f"targets (for the 1.5B model on one H200/H100){scope}: wall ≤ 60 s: {tp.wall_seconds:.1f} s; "
+          f"curvature+solve ≤ 15 s (token) / ≤ 1 s (response): {tp.phase_seconds['curvature_solve']:.2f} s / "
+          f"{rp.phase_seconds['curvature_solve']:.2f} s; "
+          f"peak host ≤ 32 GB: {tp.peak_host_mem_bytes / 1e9:.1f} GB; "
+          f"peak GPU ≤ 70 GB: {tp.peak_gpu_mem_bytes / 1e9:.1f} GB")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def measure(args, tmp: Path, agreement: Agreement) -> None:
     # 1. one process, end to end
     one = run_job(config(args.factor, tmp / "one"))
     t_one = same_work_seconds(one.phase_seconds)
-    wall_one = one.results["performance"]["wall_seconds"]
+    wall_one = one.results.performance.wall_seconds
 
     # 2. two ranks (gloo), end to end, in a torchrun child
     cfg_file = tmp / "job.yaml"

@@ -78,8 +78,8 @@ def main() -> None:
         probe = time.perf_counter() - t0
     diff = max(float(abs(cold.hinv - warm.hinv).max()), float(abs(cold.raw - warm.raw).max()))
     agree.check("warm run vs cold run, RAW and HINV (largest absolute difference)", diff, 1e-300)
-    agree.check("validation failures, both runs", float(not cold.results["validation"]["passed"])
-                + float(not warm.results["validation"]["passed"]), 0.5)
+    agree.check("validation failures, both runs", float(not cold.results.validation.passed)
+                + float(not warm.results.validation.passed), 0.5)
     agree.finish()
     print(f"no longer paid: the CPU rate probe {probe:.2f} s (load {cold.phase_seconds['load']:.2f} s without it); "
           f"the figure clipping check {checked - plain:.2f} s (report {plain:.2f} s without it, {checked:.2f} s "

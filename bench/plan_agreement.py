@@ -93,22 +93,22 @@ def main() -> None:
             cfg = load_config(None, [*overrides, "compute.device=cpu"])
             plan = make_plan(cfg, workload(cfg), profile)
             results = run_job(cfg, write=False).results
-            perf = results["performance"]
+            perf = results.performance
             agreement.check(f"failed validation checks of the {name} run",
-                            sum(not c["passed"] for c in results["validation"]["checks"]), 1)
+                            sum(not c.passed for c in results.validation.checks), 1)
             print(f"[{name}] {' '.join(o for o in overrides if 'path=' not in o)}")
             for phase in ("capture", "curvature_solve", "diagnostics"):
-                measured, planned = perf["phase_seconds"][phase], plan.seconds(phase)
+                measured, planned = perf.phase_seconds[phase], plan.seconds(phase)
                 print(f"[{name}]   {phase:<16} measured {measured:8.3f} s, planned {planned:8.3f} s, "
                       f"ratio {measured / max(planned, 1e-9):6.2f}")
-            print(f"[{name}]   peak host        measured {perf['peak_host_mem_bytes'] / 2**30:8.3f} GiB, planned "
+            print(f"[{name}]   peak host        measured {perf.peak_host_mem_bytes / 2**30:8.3f} GiB, planned "
                   f"{plan.peak_host_bytes() / 2**30:8.3f} GiB")
-            share = [perf["phase_seconds"]["diagnostics"] / perf["phase_seconds"]["curvature_solve"],
+            share = [perf.phase_seconds["diagnostics"] / perf.phase_seconds["curvature_solve"],
                      plan.seconds("diagnostics") / max(plan.seconds("curvature_solve"), 1e-9)]
-            steps = sum(m["refinement_steps"] for m in results["modules"])
+            steps = sum(m.refinement_steps for m in results.modules)
             print(f"[{name}]   diagnostics/solves measured {share[0]:.3f}, planned {share[1]:.3f}; "
                   f"refinement steps {steps}")
-            ratios.append(perf["phase_seconds"]["curvature_solve"] / max(plan.seconds("curvature_solve"), 1e-9))
+            ratios.append(perf.phase_seconds["curvature_solve"] / max(plan.seconds("curvature_solve"), 1e-9))
     agreement.finish()
     print("curvature_solve measured/planned: " + ", ".join(f"{r:.2f}" for r in ratios))
 

@@ -5,7 +5,9 @@ influence rows) with this tree and with ``--base`` (a git worktree in a temporar
 any installed copy), then compares bitwise: every array of similarity.npz and influence_rows.npz, and results.json's
 statistics (similarity, influence summary, validation, per-module contributions and damping). It also renders
 the cluster objects (`influence-job render`) with both and compares them, and `influence-job plan --json`'s
-estimates with rates left out (the CPU rates are measured, so they differ run to run).
+estimates with rates left out (the CPU rates are measured, so they differ run to run). Then the readers: each
+tree regenerates the reports from the base's outputs, publishes them and compares the base's default run with
+ours; the pages, files and tables must be byte for byte the same.
 
     python bench/same_numbers.py --base HEAD~3      # prints one line per comparison; exit 1 when any differs
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,9 +46,9 @@ def python(tree: Path, code: str, args: list[str], cwd: Path | None = None) -> s
                           text=True)
 
 
-def cli(tree: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def cli(tree: Path, args: list[str], cwd: Path, allowed: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
     done = python(tree, "import runpy; runpy.run_module('influence_job', run_name='__main__')", args, cwd)
-    if done.returncode:
+    if done.returncode not in allowed:
         sys.exit(f"influence-job {' '.join(args)} ({tree}) failed with exit {done.returncode}:\n{done.stderr[-3000:]}")
     return done
 
@@ -103,6 +106,31 @@ def compare_rendered(tree: Path, base: Path, work: Path) -> list[str]:
     return problems
 
 
+def compare_readers(tree: Path, base: Path, ours: dict[str, Path], theirs: dict[str, Path], work: Path) -> list[str]:
+    """What each tree's readers make of the same files: the reports regenerated from the base's outputs, publish's
+    output parameters and report copies, and compare's table of the base's default run against ours."""
+    made: dict[str, dict[str, str | bytes]] = {}
+    for label, t in (("ours", tree), ("base", base)):
+        got = made[label] = {}
+        for name, src in theirs.items():
+            copy = work / f"readers-{label}" / name
+            shutil.copytree(src, copy)
+            cli(t, ["report", str(copy)], work)
+            got |= {f"{name} {f}": (copy / f).read_bytes() for f in ("report.md", "report.html")}
+            published = work / f"published-{label}" / name
+            got[f"{name} publish log"] = cli(t, ["publish", "--results", str(src), "--out", str(published)], work,
+                                             (0, 1)).stdout
+            got |= {f"{name} publish {f.name}": f.read_bytes() for f in sorted(published.iterdir())}
+        got["compare --format json"] = cli(t, ["compare", "--format", "json", str(theirs["default"]),
+                                               str(ours["default"])], work, (0, 1)).stdout
+    problems = []
+    for key, value in made["ours"].items():
+        ok = made["base"].get(key) == value
+        print(f"{key}: {'identical' if ok else 'DIFFERS'}")
+        problems += [] if ok else [f"{key} differs"]
+    return problems + [f"{key} missing" for key in made["base"].keys() - made["ours"].keys()]
+
+
 def compare_plans(tree: Path, base: Path, work: Path) -> list[str]:
     def estimates(t: Path) -> dict:
         plan = json.loads(cli(t, ["plan", "--json", "--device", "h200"], work).stdout)
@@ -126,7 +154,9 @@ def main() -> int:
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=ROOT, check=True,
                        capture_output=True)
         try:
-            problems = compare_runs(run_outputs(ROOT, work / "ours"), run_outputs(base, work / "theirs"))
+            ours, theirs = run_outputs(ROOT, work / "ours"), run_outputs(base, work / "theirs")
+            problems = compare_runs(ours, theirs)
+            problems += compare_readers(ROOT, base, ours, theirs, work)
             problems += compare_rendered(ROOT, base, work)
             problems += compare_plans(ROOT, base, work)
         finally:

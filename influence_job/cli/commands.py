@@ -157,7 +157,7 @@ def _run(cfg, fresh: bool = False) -> int:
     if late:
         print(f"influence-job: {late} arrived while the result was being written; the write finished first, "
               f"so the new result {cfg.output.dir} is complete.", file=sys.stderr)
-    return ExitCode.OK if results["validation"]["passed"] else ExitCode.CHECK_FAILED
+    return ExitCode.OK if results.validation.passed else ExitCode.CHECK_FAILED
 
 
 def _cluster(args) -> int:

@@ -36,16 +36,16 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
     out_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / "results.json"
     try:
-        results = read_results(path).as_dict()  # through the typed model: a broken result fails here
+        results = read_results(path)  # through the typed model: a broken result fails here
     except InputError as exc:
-        results = {}
+        results = None
         echo(f"publish: no valid result at {path} ({exc}); the run step failed before writing its outputs "
              "(see the run step's logs).")
     run_ok = run_status in (None, "", "Succeeded")
-    figures = {f.published: _text(f.value(results)) for f in HEADLINE if f.published}
-    validation = results.get("validation") or {}
-    checks = validation.get("checks") or []
-    failed = [c["name"] for c in checks if not c["passed"]]
+    figures = {f.published: _text(None if results is None else f.value(results)) for f in HEADLINE if f.published}
+    validation = None if results is None else results.validation
+    checks = [] if validation is None else validation.checks
+    failed = [c.name for c in checks if not c.passed]
     if not run_ok:  # the outputs carry this run's verdict, not a stale result's
         figures["validation-passed"] = "false"
         failed = [*failed, f"run-step-{str(run_status).lower()}"]
@@ -53,16 +53,16 @@ def publish(results_dir: Path, out_dir: Path, echo=print, run_status: str | None
         (out_dir / name).write_text(text)
     (out_dir / FAILED_CHECKS).write_text(",".join(failed))
     summary = _copy_reports(results_dir, out_dir, echo)
-    passed = bool(validation.get("passed"))
+    passed = validation is not None and validation.passed
     for check in checks:
-        echo(f"check {check['name']}: {'passed' if check['passed'] else 'FAILED'} ({check['detail']})")
+        echo(f"check {check.name}: {'passed' if check.passed else 'FAILED'} ({check.detail})")
     if not run_ok:
         echo(f"publish: the run step ended {run_status} (exit code {run_exit_code or 'unknown'}); the results above "
              "may be an earlier attempt's and are not this run's verdict — see the run step's logs.")
     echo(f"validation: {'PASSED' if passed else 'FAILED'}" + ("" if run_ok else "; run step: FAILED"))
     verdict = passed and run_ok
     if status_to:
-        rows = validation.get("rows_emitted")
+        rows = None if validation is None else validation.rows_emitted
         _write_status(status_to, Verdict(verdict, rows if run_ok else None, failed, summary, figures,
                                          _where(results_dir, status_to.get("claim"))), echo)
     return 0 if verdict else 1

@@ -18,6 +18,7 @@ import torch
 
 from influence_job.base.memory import cgroup_peak_bytes, peak_rss_bytes
 from influence_job.outputs.headline import HEADLINE
+from influence_job.outputs.results import Results
 
 log = logging.getLogger(__name__)
 
@@ -118,29 +119,29 @@ class JobMetrics:
         if peak is not None:
             self.cgroup.labels(self.rank).set(peak)
 
-    def finished(self, results: dict | None, wall_seconds: float) -> None:
+    def finished(self, results: Results | None, wall_seconds: float) -> None:
         """Final values, then the marker that tells the exporter the job has ended."""
         self.sample_memory()
         self.wall.labels(self.rank).set(wall_seconds)
         if results is not None:
-            self.rows_emitted.labels(self.rank).set(results["validation"]["rows_emitted"])
-            self.nonfinite.labels(self.rank).set(results["validation"]["nan_count"])
-            self.validation.labels(self.rank).set(1 if results["validation"]["passed"] else 0)
+            self.rows_emitted.labels(self.rank).set(results.validation.rows_emitted)
+            self.nonfinite.labels(self.rank).set(results.validation.nan_count)
+            self.validation.labels(self.rank).set(1 if results.validation.passed else 0)
         else:
             self.validation.labels(self.rank).set(0)
         if self.directory is not None:
             (self.directory / DONE_MARKER).touch()
 
 
-def summary_gauges(results: dict | None, wall_seconds: float) -> dict[str, tuple[str, float]]:
+def summary_gauges(results: Results | None, wall_seconds: float) -> dict[str, tuple[str, float]]:
     """The final figures a Pushgateway keeps for the nightly trends: name → (help, value)."""
     out = {
         "run_success": ("1 when the run finished and validation passed, else 0.",
-                        1.0 if results and results["validation"]["passed"] else 0.0),
+                        1.0 if results is not None and results.validation.passed else 0.0),
         "run_wall_seconds": ("Wall time of the run.", wall_seconds),
         "run_finished_timestamp_seconds": ("Unix time the run ended.", time.time()),
     }
-    if not results:
+    if results is None:
         return out
     for figure in HEADLINE:
         value = figure.value(results) if figure.gauge else None
@@ -149,7 +150,7 @@ def summary_gauges(results: dict | None, wall_seconds: float) -> dict[str, tuple
     return out
 
 
-def push_summary(url: str, results: dict | None, wall_seconds: float, job: str = PREFIX,
+def push_summary(url: str, results: Results | None, wall_seconds: float, job: str = PREFIX,
                  instance: str | None = None) -> None:
     """Push the final summary to a Pushgateway, grouped by job and instance; a failed push only warns."""
     from prometheus_client import CollectorRegistry, push_to_gateway

@@ -18,6 +18,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from influence_job.outputs.results import ModuleRecord, Similarity
+
 log = logging.getLogger(__name__)
 
 ACC, REJ = "#1b9e77", "#d95f02"  # accepted / rejected, everywhere on the page
@@ -159,14 +161,15 @@ def _rect(xy, w, h, color):
     return Rectangle(xy, w, h, facecolor=color, edgecolor="none")
 
 
-def glance(stats: dict) -> str:
+def glance(similarity: Similarity) -> str:
     """Per-prompt mean cosine by category, RAW beside HINV: the page's first picture."""
-    cats = ("acc-acc", "rej-rej", "acc-rej")
+    cats = list(similarity.raw.per_prompt.cells())
     fig = Figure(figsize=(5.2, 2.6))
     ax = fig.add_subplot()
     x = np.arange(len(cats))
     for k, (method, color) in enumerate((("raw", RAW_COLOR), ("hinv", HINV_COLOR))):
-        means = [_none_nan(stats[method]["per_prompt"][c]["cos"]["mean"]) for c in cats]
+        cells = similarity.methods()[method].per_prompt.cells()
+        means = [_none_nan(cells[c].cos.mean) for c in cats]
         bars = ax.bar(x + (k - 0.5) * 0.38, means, 0.36, color=color, label=method.upper())
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
     ax.set_xticks(x, cats)
@@ -317,25 +320,25 @@ def timeline(phase_seconds: dict[str, float], split: dict[str, float]) -> str:
     return png(fig)
 
 
-def solve_times(modules: list[dict]) -> str:
+def solve_times(modules: list[ModuleRecord]) -> str:
     """Each module's solve seconds, ordered by layer then kind, coloured by kind, its route written above; a module
     a resumed run took from an earlier attempt's checkpoint is hatched."""
-    kinds = list(dict.fromkeys(m["kind"] for m in modules))
+    kinds = list(dict.fromkeys(m.kind for m in modules))
     palette = dict(zip(kinds, ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                                "#7f7f7f", "#bcbd22", "#17becf"] * 4, strict=False))
-    ordered = sorted(modules, key=lambda m: (m["layer"] if m["layer"] is not None else -1, kinds.index(m["kind"])))
+    ordered = sorted(modules, key=lambda m: (m.layer if m.layer is not None else -1, kinds.index(m.kind)))
     fig = Figure(figsize=(9, 2.8))
     ax = fig.add_subplot()
     x = np.arange(len(ordered))
-    bars = ax.bar(x, [m["solve_seconds"] for m in ordered], color=[palette[m["kind"]] for m in ordered])
+    bars = ax.bar(x, [m.solve_seconds for m in ordered], color=[palette[m.kind] for m in ordered])
     for bar, m in zip(bars, ordered, strict=True):
-        if m.get("resumed"):  # computed by an earlier attempt: its seconds are that attempt's
+        if m.resumed:  # computed by an earlier attempt: its seconds are that attempt's
             bar.set_hatch("////")
             bar.set_alpha(0.5)
     if len(ordered) <= 64:
         for xi, m in zip(x, ordered, strict=True):
-            ax.text(xi, m["solve_seconds"], m["solver"], rotation=90, ha="center", va="bottom", fontsize=6)
-    layers = [m["layer"] for m in ordered]
+            ax.text(xi, m.solve_seconds, m.solver, rotation=90, ha="center", va="bottom", fontsize=6)
+    layers = [m.layer for m in ordered]
     ticks = [i for i in range(len(layers)) if i == 0 or layers[i] != layers[i - 1]]
     ax.set_xticks(ticks, [f"L{layers[i]}" for i in ticks], fontsize=7)
     handles = [_rect((0, 0), 1, 1, palette[k]) for k in kinds]

@@ -10,29 +10,29 @@ import math
 import numpy as np
 
 from influence_job.outputs.number_format import fmt, fmt_percent
-from influence_job.outputs.results import categories_of
+from influence_job.outputs.results import Categories, ModuleRecord, Results, ScoreSummary
 
 
-def per_prompt_cos(results: dict, method: str) -> dict[str, float | None]:
-    stats = results["similarity"][method]
-    return {c: stats["per_prompt"][c]["cos"]["mean"] for c in categories_of(stats)}
+def per_prompt_cos(results: Results, method: str) -> dict[str, float | None]:
+    cells = results.similarity.methods()[method].per_prompt.cells()
+    return {c: cell.cos.mean for c, cell in cells.items()}
 
 
-def scope_mean_cos(stats: dict, scope: str) -> float | None:
+def scope_mean_cos(scope: Categories) -> float | None:
     """Mean cosine over all pairs of a scope (the categories' means weighted by their pair counts)."""
-    cells = [stats[scope][c] for c in categories_of(stats) if stats[scope][c]["n"]]
-    n = sum(c["n"] for c in cells)
-    return sum(c["n"] * c["cos"]["mean"] for c in cells) / n if n else None
+    cells = [c for c in scope.cells().values() if c.n]
+    n = sum(c.n for c in cells)
+    return sum(c.n * c.cos.mean for c in cells) / n if n else None
 
 
-def module_shares(modules: list[dict], key) -> tuple[list, dict]:
+def module_shares(modules: list[ModuleRecord], key) -> tuple[list, dict]:
     """Each group's (by ``key``) share of the sum of the modules' per-prompt mean dots, per method and category."""
     names = list(dict.fromkeys(key(m) for m in modules))
     out: dict[str, dict[str, list[float]]] = {}
-    for method in ("raw", "hinv"):
+    for method in modules[0].contribution.methods():
         out[method] = {}
-        for cat in [c for c in modules[0]["contribution"][method] if c != "self"]:
-            values = [m["contribution"][method][cat] for m in modules]
+        for cat in modules[0].contribution.methods()[method].pairs():
+            values = [m.contribution.methods()[method].pairs()[cat] for m in modules]
             if any(v is None for v in values):
                 out[method][cat] = [math.nan] * len(names)
                 continue
@@ -44,10 +44,10 @@ def module_shares(modules: list[dict], key) -> tuple[list, dict]:
     return names, out
 
 
-def random_weights_caveat(r: dict) -> str | None:
+def random_weights_caveat(r: Results) -> str | None:
     """For the built-in model, whose weights are seeded random numbers: its results test the pipeline, and what the
     findings say about its tokens describes no trained model."""
-    builtin = (r.get("config") or {}).get("model", {}).get("builtin")
+    builtin = r.config.get("model", {}).get("builtin")
     if not builtin:
         return None
     return (f"the built-in model {builtin} has seeded random weights: these numbers exercise the pipeline and are "
@@ -55,20 +55,20 @@ def random_weights_caveat(r: dict) -> str | None:
             "checkpoint directory for real results.")
 
 
-def findings(results: dict, rows: dict | None, tokens: list[list[str]] | None) -> list[str]:
+def findings(results: Results, rows: dict | None, tokens: list[list[str]] | None) -> list[str]:
     """Sentences computed from this run's numbers."""
     out = []
-    val = results["validation"]
-    failed = [c["name"] for c in val["checks"] if not c["passed"]]
+    val = results.validation
+    failed = [c.name for c in val.checks if not c.passed]
     caveat = random_weights_caveat(results)
     if caveat:
         out.append(caveat[0].upper() + caveat[1:])
-    out.append("Every validation check passed." if val["passed"] else
+    out.append("Every validation check passed." if val.passed else
                f"Validation FAILED: {', '.join(failed)} — read the numbers below with that in mind.")
     raw, hinv = per_prompt_cos(results, "raw"), per_prompt_cos(results, "hinv")
     out += _contrast_findings(raw, hinv) + _order_findings(raw, hinv) + _scope_findings(results)
-    out += _module_findings(results["modules"])
-    out += _token_findings(rows, tokens, results["influence"].get("scores"))
+    out += _module_findings(results.modules)
+    out += _token_findings(rows, tokens, results.influence.scores)
     return out
 
 
@@ -110,12 +110,12 @@ def _order_findings(raw: dict, hinv: dict) -> list[str]:
     return out
 
 
-def _scope_findings(results: dict) -> list[str]:
+def _scope_findings(results: Results) -> list[str]:
     """Whether similarity within a prompt persists between different prompts' responses."""
     out = []
-    for name, method in (("RAW", "raw"), ("HINV", "hinv")):
-        stats = results["similarity"][method]
-        per, cross = scope_mean_cos(stats, "per_prompt"), scope_mean_cos(stats, "cross_prompt")
+    for method, stats in results.similarity.methods().items():
+        name = method.upper()
+        per, cross = scope_mean_cos(stats.per_prompt), scope_mean_cos(stats.cross_prompt)
         if per is None or cross is None:
             continue
         ratio = cross / per if per else math.nan
@@ -130,14 +130,14 @@ def _scope_findings(results: dict) -> list[str]:
     return out
 
 
-def _module_findings(modules: list[dict]) -> list[str]:
+def _module_findings(modules: list[ModuleRecord]) -> list[str]:
     """Which module kind and which layer contribute most of the acc-acc per-prompt dot."""
-    if not modules or not all(m.get("contribution") for m in modules):
+    if not modules or not all(m.contribution for m in modules):
         return []
     out = []
     for method, name in (("hinv", "HINV"), ("raw", "RAW")):
-        kinds, by_kind = module_shares(modules, lambda m: m["kind"])
-        layers, by_layer = module_shares(modules, lambda m: m["layer"])
+        kinds, by_kind = module_shares(modules, lambda m: m.kind)
+        layers, by_layer = module_shares(modules, lambda m: m.layer)
         shares_k, shares_l = by_kind[method]["acc-acc"], by_layer[method]["acc-acc"]
         if all(math.isfinite(s) for s in shares_k + shares_l):
             k, ly = int(np.argmax(shares_k)), int(np.argmax(shares_l))
@@ -160,14 +160,14 @@ def _gap_change(before: float, after: float) -> str:
     return "widens the gap" if abs(after) > abs(before) else "leaves the gap as it is"
 
 
-def _token_findings(rows: dict | None, tokens: list[list[str]] | None, summary: dict | None) -> list[str]:
+def _token_findings(rows: dict | None, tokens: list[list[str]] | None, summary: ScoreSummary | None) -> list[str]:
     if rows is None:  # report.md: from results.json's score summary
         if not summary:
             return []
-        mx, mn = summary["max"], summary["min"]
-        return [f"The most positive token score is {fmt(mx['score'])} (response {mx['response_id']}, token "
-                f"{mx['position']}); the most negative {fmt(mn['score'])} (response {mn['response_id']}, token "
-                f"{mn['position']}); {fmt_percent(summary['positive_share'])} of the {summary['tokens']:,} scored "
+        mx, mn = summary.max, summary.min
+        return [f"The most positive token score is {fmt(mx.score)} (response {mx.response_id}, token "
+                f"{mx.position}); the most negative {fmt(mn.score)} (response {mn.response_id}, token "
+                f"{mn.position}); {fmt_percent(summary.positive_share)} of the {summary.tokens:,} scored "
                 "tokens are positive."]
     scores = np.asarray(rows["scores"], dtype=float)
     ok = np.isfinite(scores)

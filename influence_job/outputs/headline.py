@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from influence_job.maths.similarity import CATEGORIES
+from influence_job.outputs.results import Results, check_path, value_at
 
 
 @dataclass(frozen=True)
@@ -21,14 +22,12 @@ class Figure:
     published: str | None = None
     gauge: str | None = None
 
-    def value(self, results: dict):
+    def __post_init__(self):
+        check_path(self.path)  # a misspelt figure fails on import, not in the nightly's publish step
+
+    def value(self, results: Results):
         """The figure in ``results`` (None where a run did not produce it); a list counts its items."""
-        node = results
-        for key in self.path.split("."):
-            if not isinstance(node, dict) or key not in node:
-                return None
-            node = node[key]
-        return len(node) if isinstance(node, list) else node
+        return value_at(results, self.path)
 
 
 def _per_prompt(kind: str, category: str, what: str, published: str | None = None) -> Figure:

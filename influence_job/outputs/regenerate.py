@@ -11,14 +11,14 @@ import pyarrow.parquet as pq
 from influence_job.base.errors import InputError
 from influence_job.outputs.report import render_report
 from influence_job.outputs.report_html import render_html
-from influence_job.outputs.results import read_results
+from influence_job.outputs.results import Results, read_results
 from influence_job.outputs.writing import MARKER, atomic_write_bytes, is_own_output
 
 
-def read_output(out_dir) -> tuple[dict, dict, dict | None, list[list[str]] | None]:
+def read_output(out_dir) -> tuple[Results, dict, dict | None, list[list[str]] | None]:
     """What render_html needs, read back from an output directory (for `influence-job report`)."""
     out_dir = Path(out_dir)
-    results = read_results(out_dir).as_dict()
+    results = read_results(out_dir)
     try:
         with np.load(out_dir / "similarity.npz") as z:
             sim = {k: z[k] for k in z.files}

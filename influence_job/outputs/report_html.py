@@ -24,7 +24,7 @@ from influence_job.outputs.findings import findings, locate_token, module_shares
 from influence_job.outputs.number_format import fmt, fmt_percent, fmt_seconds, format_rows
 from influence_job.outputs.report import UNPROJECTED_HEADER, curvature_solve_split, resumed_note, unprojected_rows
 from influence_job.outputs.report_assets import CSS, SCRIPT
-from influence_job.outputs.results import categories_of, scopes_of
+from influence_job.outputs.results import Results
 
 AGGREGATE_ABOVE = 512  # responses; above this the heatmaps show prompt × accepted/rejected block means
 TOP_TOKENS = 10
@@ -51,24 +51,24 @@ def _img(src: str, alt: str, cls: str = "fig", extra: str = "") -> str:
 
 # ---- sections ----------------------------------------------------------------------------------------------------
 
-def _verdict(results: dict) -> str:
-    val, cfg, env, perf = results["validation"], results["config"], results["environment"], results["performance"]
-    failed = [c["name"] for c in val["checks"] if not c["passed"]]
-    badge = ('<span class="pass">Validation passed</span>' if val["passed"] else
+def _verdict(results: Results) -> str:
+    val, cfg, env, perf = results.validation, results.config, results.environment, results.performance
+    failed = [c.name for c in val.checks if not c.passed]
+    badge = ('<span class="pass">Validation passed</span>' if val.passed else
              f'<span class="fail">Validation FAILED: {_e(", ".join(failed))}</span>')
     data = cfg["data"].get("path") or "bundled example data"
-    kinds = ", ".join(dict.fromkeys(m["kind"] for m in results["modules"]))
-    identity = (f"Model <b>{_e(results['model'])}</b> · data {_e(data)} · {len(results['modules'])} modules "
+    kinds = ", ".join(dict.fromkeys(m.kind for m in results.modules))
+    identity = (f"Model <b>{_e(results.model)}</b> · data {_e(data)} · {len(results.modules)} modules "
                 f"({_e(kinds)}) · projection {_e(cfg['projection']['kind'])} factor {cfg['projection']['factor']} · "
                 f"curvature {_e(cfg['curvature']['source'])}/{_e(cfg['curvature']['scope'])}, damping "
-                f"{_e(cfg['curvature']['damping'])} · influence-job {_e(env['influence_job'])}, torch "
-                f"{_e(env['torch'])}, transformers {_e(env['transformers'])} · {_e(env['device'])}")
-    if results.get("finished_at"):
-        identity += f" · finished {_e(results['finished_at'])}"
-    key = (f"{results['n_prompts']:,} prompts · {results['n_responses']:,} responses ({results['n_accepted']:,} "
-           f"accepted, {results['n_rejected']:,} rejected) · {results['n_response_tokens']:,} response tokens · "
-           f"wall {fmt_seconds(perf['wall_seconds'])} · solves {fmt_seconds(perf['hessian_solve_seconds'])} · "
-           f"{val['rows_emitted']:,} influence rows")
+                f"{_e(cfg['curvature']['damping'])} · influence-job {_e(env.influence_job)}, torch "
+                f"{_e(env.torch)}, transformers {_e(env.transformers)} · {_e(env.device)}")
+    if results.finished_at:
+        identity += f" · finished {_e(results.finished_at)}"
+    key = (f"{results.n_prompts:,} prompts · {results.n_responses:,} responses ({results.n_accepted:,} "
+           f"accepted, {results.n_rejected:,} rejected) · {results.n_response_tokens:,} response tokens · "
+           f"wall {fmt_seconds(perf.wall_seconds)} · solves {fmt_seconds(perf.hessian_solve_seconds)} · "
+           f"{val.rows_emitted:,} influence rows")
     resumed = resumed_note(results)
     if resumed:
         key += f" · {resumed}"
@@ -76,10 +76,10 @@ def _verdict(results: dict) -> str:
             f'<p class="identity">{identity}</p><p class="key">{key}</p></section>')
 
 
-def _glance(results: dict, rows, tokens) -> str:
+def _glance(results: Results, rows, tokens) -> str:
     items = "".join(f"<li>{_e(s)}</li>" for s in findings(results, rows, tokens))
     return (f'<section id="glance"><h2>At a glance</h2><div class="row"><ul class="findings">{items}</ul>'
-            f'{_img(figures.glance(results["similarity"]), "mean cosine by category, RAW and HINV", "fig small")}'
+            f'{_img(figures.glance(results.similarity), "mean cosine by category, RAW and HINV", "fig small")}'
             "</div></section>")
 
 
@@ -132,7 +132,7 @@ def _extent(fig: dict, method: str, kind: str) -> str:
     return f' data-method="{method}" data-kind="{kind}" data-extent="{",".join(f"{v:.5f}" for v in fig["extent"])}"'
 
 
-def _distributions(results: dict, sim: dict) -> str:
+def _distributions(results: Results, sim: dict) -> str:
     prompt_index, accepted = np.asarray(sim["prompt_index"]), np.asarray(sim["accepted"], dtype=bool)
     raw, hinv = np.asarray(sim["raw"], dtype=float), np.asarray(sim["hinv"], dtype=float)
     cos_fig = figures.cos_distributions(figures.pair_values(cosine(raw), prompt_index, accepted),
@@ -141,14 +141,9 @@ def _distributions(results: dict, sim: dict) -> str:
                                                                                               ("hinv", hinv))}
     dot_fig = figures.dot_distributions(figures.pair_values(raw, prompt_index, accepted),
                                         figures.pair_values(hinv, prompt_index, accepted), self_dots)
-    rows = []
-    for m in ("raw", "hinv"):
-        stats = results["similarity"][m]
-        for s in scopes_of(stats):
-            for c in categories_of(stats):
-                cell = stats[s][c]
-                rows.append([m.upper(), s, c, cell["n"], cell["cos"]["mean"], cell["cos"]["std"], cell["dot"]["mean"],
-                             cell["dot"]["std"]])
+    rows = [[m.upper(), s, c, cell.n, cell.cos.mean, cell.cos.std, cell.dot.mean, cell.dot.std]
+            for m, stats in results.similarity.methods().items()
+            for s, cells in stats.scopes().items() for c, cell in cells.cells().items()]
     return ('<section id="distributions"><h2>Distributions</h2>'
             f'{_img(cos_fig, "cosine distributions")}{_img(dot_fig, "dot distributions and self-dots")}'
             "<details><summary>The statistics as a table</summary>"
@@ -156,13 +151,13 @@ def _distributions(results: dict, sim: dict) -> str:
             + "</details></section>")
 
 
-def _where(results: dict) -> str:
-    modules = results["modules"]
-    if not modules or not all(m.get("contribution") for m in modules):
+def _where(results: Results) -> str:
+    modules = results.modules
+    if not modules or not all(m.contribution for m in modules):
         return ('<section id="where"><h2>Where in the model</h2><p class="note">This result does not record the '
                 "modules' contributions (written by an older version); re-run to see them.</p></section>")
-    kinds, by_kind = module_shares(modules, lambda m: m["kind"])
-    layers, by_layer = module_shares(modules, lambda m: m["layer"])
+    kinds, by_kind = module_shares(modules, lambda m: m.kind)
+    layers, by_layer = module_shares(modules, lambda m: m.layer)
     categories = list(by_kind["raw"])
     rows = [[k, *(by_kind[m][c][i] * 100 for m in ("raw", "hinv") for c in categories)] for i, k in enumerate(kinds)]
     return ('<section id="where"><h2>Where in the model</h2><p class="note">Each module kind\'s and each layer\'s '
@@ -189,7 +184,7 @@ def skipped_reasons(rows: dict, enabled: bool) -> dict[str, str]:
     return out
 
 
-def token_data(results: dict, rows: dict, tokens: list[list[str]] | None) -> dict:
+def token_data(results: Results, rows: dict, tokens: list[list[str]] | None) -> dict:
     """What the token view draws (the page's script renders the selected response from it)."""
     from matplotlib import colormaps
 
@@ -208,7 +203,7 @@ def token_data(results: dict, rows: dict, tokens: list[list[str]] | None) -> dic
         "prompt_id": [str(x) for x in rows["prompt_id"]], "reward": b64(np.asarray(rows["reward"], dtype=float)),
         "accepted": np.asarray(rows["accepted"], dtype=bool).tolist(),
         "score_sum": b64(np.asarray(rows["score_sum"], dtype=float)),
-        "skipped": skipped_reasons(rows, results["influence"]["enabled"]),
+        "skipped": skipped_reasons(rows, results.influence.enabled),
         "scale": scale or 1.0, "entropy_min": ent_min, "entropy_max": ent_max,
         # The colour scales, sampled from matplotlib's (RdBu_r for scores, Greys for entropy); the script
         # interpolates linearly between these 11 stops.
@@ -218,7 +213,7 @@ def token_data(results: dict, rows: dict, tokens: list[list[str]] | None) -> dic
     }
 
 
-def _tokens(results: dict, rows: dict | None, tokens: list[list[str]] | None, data: dict | None) -> str:
+def _tokens(results: Results, rows: dict | None, tokens: list[list[str]] | None, data: dict | None) -> str:
     head = '<section id="tokens"><h2>Token influence</h2>'
     if rows is None or data is None:
         return head + '<p class="note">No influence rows in this output.</p></section>'
@@ -232,8 +227,8 @@ def _tokens(results: dict, rows: dict | None, tokens: list[list[str]] | None, da
     legend = (f'<div class="legend"><span>score −{_e(fmt(data["scale"]))}</span><span class="grad"></span>'
               f'<span>+{_e(fmt(data["scale"]))}</span> · underline: policy entropy ({spread})</div>')
     skipped_list = "".join(f"<li><b>{_e(p)}</b>: {_e(w)}</li>" for p, w in reasons.items()) or "<li>none</li>"
-    return (head + f'<p class="note">Aggregate {_e(results["influence"]["aggregate"])}, the response\'s own '
-            f'contribution {"excluded" if results["influence"]["exclude_self"] else "included"}. Colours are '
+    return (head + f'<p class="note">Aggregate {_e(results.influence.aggregate)}, the response\'s own '
+            f'contribution {"excluded" if results.influence.exclude_self else "included"}. Colours are '
             "clipped at the 99th percentile of |score| over the batch; hover a token for its values.</p>"
             f'<div class="controls">Prompt <select id="prompt-select">{prompts}</select> Response '
             '<select id="response-select"></select></div>'
@@ -263,23 +258,23 @@ def _extremes(rows: dict, tokens, scores: np.ndarray) -> str:
     return "".join(parts)
 
 
-def _diagnostics(results: dict) -> str:
+def _diagnostics(results: Results) -> str:
     parts = ['<section id="diagnostics"><h2>Diagnostics</h2>']
-    u = results.get("unprojected_comparison")
+    u = results.unprojected_comparison
     if u:
         rows = unprojected_rows(u)
-        f = u["fidelity"]
-        parts.append(f"<h3>Unprojected comparison: {_e(u['module'])} (projected to k_in {u['k_in']}, k_out "
-                     f"{u['k_out']} from {u['d_in']}×{u['d_out']})</h3>"
+        f = u.fidelity
+        parts.append(f"<h3>Unprojected comparison: {_e(u.module)} (projected to k_in {u.k_in}, k_out "
+                     f"{u.k_out} from {u.d_in}×{u.d_out})</h3>"
                      + _table(UNPROJECTED_HEADER, rows)
                      + '<p class="note">Projection fidelity: self-dot error '
-                     f'{fmt_percent(f["self_dot_relative_error"])} against a tolerance of '
-                     f'±{fmt_percent(f["tolerance"])} ({f["sigma"]:g} σ of this sketch); '
-                     f'{"passed" if f["passed"] else "FAILED"}.</p>')
+                     f'{fmt_percent(f.self_dot_relative_error)} against a tolerance of '
+                     f'±{fmt_percent(f.tolerance)} ({f.sigma:g} σ of this sketch); '
+                     f'{"passed" if f.passed else "FAILED"}.</p>')
     else:
         parts.append('<p class="note">Unprojected comparison not run (diagnostics.unprojected_module is null).</p>')
-    cs = results.get("curvature_similarity") or {}
-    mats = {k: np.array(v["frobenius_cos_matrix"], dtype=float) for k, v in cs.items() if v["frobenius_cos_matrix"]}
+    mats = {k: np.array(v.frobenius_cos_matrix, dtype=float)
+            for k, v in results.curvature_similarity.items() if v.frobenius_cos_matrix}
     if mats:
         parts.append("<h3>Curvature similarity across prompts</h3><p class=\"note\">Cosine between prompts' "
                      "curvatures H_p (Frobenius), per module kind: near 1, prompts share one curvature.</p>"
@@ -287,48 +282,50 @@ def _diagnostics(results: dict) -> str:
     return "".join(parts) + "</section>"
 
 
-def _performance(results: dict) -> str:
-    perf, env = results["performance"], results["environment"]
-    peaks = [("host (peak RSS)", perf["peak_host_mem_bytes"], env.get("host_memory_bytes"))]
-    if perf["peak_gpu_mem_bytes"]:
-        peaks.append(("GPU (peak allocated)", perf["peak_gpu_mem_bytes"], env.get("gpu_memory_bytes")))
-    cs = perf["phase_seconds"].get("curvature_solve")
+def _performance(results: Results) -> str:
+    perf, env = results.performance, results.environment
+    peaks = [("host (peak RSS)", perf.peak_host_mem_bytes, env.host_memory_bytes)]
+    if perf.peak_gpu_mem_bytes:
+        peaks.append(("GPU (peak allocated)", perf.peak_gpu_mem_bytes, env.gpu_memory_bytes))
+    cs = perf.phase_seconds.get("curvature_solve")
     split = curvature_solve_split(perf) if cs is not None else {}
     note = ("" if cs is None else
             f"The curvature_solve phase ({fmt_seconds(cs)}) holds "
             + ", ".join(f"{name} {fmt_seconds(s)}" for name, s in split.items())
             + " (solves summed over modules; the rest builds curvature rows and moves data). The diagnostics "
-            f"(unprojected comparison, curvature similarity: {fmt_seconds(perf['diagnostics_seconds'])}) run "
+            f"(unprojected comparison, curvature similarity: {fmt_seconds(perf.diagnostics_seconds)}) run "
             "interleaved with the solves, since they need each module's factors"
-            + (", and are booked as their own phase." if "diagnostics" in perf["phase_seconds"] else "."))
+            + (", and are booked as their own phase." if "diagnostics" in perf.phase_seconds else "."))
     resumed = resumed_note(results)
     return ('<section id="performance"><h2>Performance</h2>'
             + (f'<p class="note"><b>{_e(resumed.capitalize())}</b>; the hatched bars below are the modules computed '
                'then, with the seconds they took then.</p>' if resumed else "")
-            + _img(figures.timeline(perf["phase_seconds"], split), "phase timeline")
+            + _img(figures.timeline(perf.phase_seconds, split), "phase timeline")
             + f'<p class="note">{_e(note)}</p>'
-            + _img(figures.solve_times(results["modules"]), "solve seconds per module")
+            + _img(figures.solve_times(results.modules), "solve seconds per module")
             + _img(figures.memory(peaks), "peak memory") + "</section>")
 
 
 # ---- the page ----------------------------------------------------------------------------------------------------
 
-def render_html(results: dict, sim: dict[str, np.ndarray], rows: dict | None, tokens: list[list[str]] | None) -> str:
-    """The page, from results.json's dict, similarity.npz's arrays and the influence rows (with token texts)."""
+def render_html(results: Results, sim: dict[str, np.ndarray], rows: dict | None,
+                tokens: list[list[str]] | None) -> str:
+    """The page, from the typed results, similarity.npz's arrays and the influence rows (with token texts)."""
     figs, hm = heatmap_data(sim)
     n = len(sim["prompt_index"])
     toks = token_data(results, rows, tokens) if rows is not None and len(rows["response_index"]) else None
     data = {"n": n, "heatmap": hm, "tokens": toks,
             "response_id": [str(x) for x in rows["response_id"]] if rows else None,
             "prompt_index": np.asarray(sim["prompt_index"]).tolist(),
-            "accepted": np.asarray(sim["accepted"], dtype=bool).tolist(), "similarity": results["similarity"],
-            "contributions": [{"name": m["name"], **(m.get("contribution") or {})} for m in results["modules"]]}
+            "accepted": np.asarray(sim["accepted"], dtype=bool).tolist(), "similarity": results.similarity.as_json(),
+            "contributions": [{"name": m.name, **(m.contribution.as_json() if m.contribution else {})}
+                              for m in results.modules]}
     payload = json.dumps(data, allow_nan=False).replace("</", "<\\/")
     body = "".join([_verdict(results), _glance(results, rows, tokens), _heatmaps(figs, hm["aggregated"], n),
                     _distributions(results, sim), _where(results), _tokens(results, rows, tokens, toks),
                     _diagnostics(results), _performance(results)])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>influence-job report · '
-            f'{_e(results["model"])}</title><meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'{_e(results.model)}</title><meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<style>{CSS}</style></head><body>{body}"
             f'<script type="application/json" id="report-data">{payload}</script><script>{SCRIPT}</script>'
             "</body></html>\n")

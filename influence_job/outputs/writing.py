@@ -19,7 +19,6 @@ import errno
 import io
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -164,21 +163,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def json_safe(obj):
-    """Replace NaN/Inf by null and numpy scalars by Python numbers: results.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

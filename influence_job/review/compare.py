@@ -32,7 +32,7 @@ from influence_job.base.errors import InputError
 from influence_job.base.exit_codes import ExitCode
 from influence_job.inputs.config import Section
 from influence_job.inputs.config_files import read_yaml_mapping, validate_with_overrides
-from influence_job.outputs.results import Results, read_results
+from influence_job.outputs.results import Results, ResultSection, read_results
 from influence_job.run.checkpoint import changed_settings, settings_part
 
 ORDER = {"regression": 0, "not comparable": 0, "improvement": 1, "not judged": 2, "ok": 3}
@@ -158,13 +158,16 @@ def _number_row(group: str, quantity: str, b, c, atol: float, rtol: float) -> Ro
     return Row(group, quantity, b, c, diff, f"±{bound:.3g}", "ok" if ok else "regression")
 
 
-def _walk_stats(group: str, prefix: str, b: dict, c: dict, tol: NumberTolerances, dot_scale: float):
-    """Rows for every number of a MatrixStatistics-shaped dict (or any nested dict of numbers)."""
-    for key, bv in b.items():
-        cv = c.get(key) if isinstance(c, dict) else None
+def _walk_stats(group: str, prefix: str, b: ResultSection, c: ResultSection | None, tol: NumberTolerances,
+                dot_scale: float):
+    """Rows for every number of a section of the results (statistics, a diagnostics summary), named by their
+    results.json path."""
+    theirs = c.by_name() if c is not None else {}
+    for key, bv in b.by_name().items():
+        cv = theirs.get(key)
         name = f"{prefix}.{key}"
-        if isinstance(bv, dict):
-            yield from _walk_stats(group, name, bv, cv or {}, tol, dot_scale)
+        if isinstance(bv, ResultSection):
+            yield from _walk_stats(group, name, bv, cv, tol, dot_scale)
         elif isinstance(bv, int | float) and not isinstance(bv, bool) and key != "n" or bv is None:
             is_cos = ".cos." in name or "_cos." in name  # a cell's cos stats, a *_cos summary
             atol = tol.cos_atol if is_cos else tol.dot_atol * dot_scale
@@ -233,21 +236,18 @@ def compare(baseline: Path, candidate: Path, tol: Tolerances) -> Comparison:
         verdict = "regression" if not ch.passed else "ok"
         rows.append(Row("validation", f"check {ch.name}", _passed(before.get(ch.name)), _passed(ch.passed), None,
                         "passed", verdict))
-    scale = b.similarity.raw.self_dot.all.mean or 1.0
-    scale_hinv = b.similarity.hinv.self_dot.all.mean or 1.0
-    bd, cd = b.as_dict(), c.as_dict()
-    for kind, s in (("raw", scale), ("hinv", scale_hinv)):
-        rows += _walk_stats("numbers", kind.upper(), bd["similarity"][kind], cd["similarity"][kind], tol.numbers, s)
-    if bd["unprojected_comparison"] and cd["unprojected_comparison"]:
-        bu, cu = bd["unprojected_comparison"], cd["unprojected_comparison"]
-        scale_u = bu["projected"]["self_dot"]["all"]["mean"] or 1.0
-        rows += _walk_stats("diagnostics", "unprojected.projected", bu["projected"], cu["projected"], tol.numbers,
-                            scale_u)
-    for kind, bk in bd["curvature_similarity"].items():
-        ck = cd["curvature_similarity"].get(kind, {})
+    for kind, stats in b.similarity.methods().items():
+        rows += _walk_stats("numbers", kind.upper(), stats, c.similarity.methods()[kind], tol.numbers,
+                            stats.self_dot.all.mean or 1.0)
+    bu, cu = b.unprojected_comparison, c.unprojected_comparison
+    if bu and cu:
+        rows += _walk_stats("diagnostics", "unprojected.projected", bu.projected, cu.projected, tol.numbers,
+                            bu.projected.self_dot.all.mean or 1.0)
+    for kind, bk in b.curvature_similarity.items():
+        ck = c.curvature_similarity.get(kind)
         for what in ("frobenius_cos", "spectrum_cos"):
-            rows += _walk_stats("diagnostics", f"curvature_similarity.{kind}.{what}", bk[what], ck.get(what, {}),
-                                tol.numbers, 1.0)
+            rows += _walk_stats("diagnostics", f"curvature_similarity.{kind}.{what}", getattr(bk, what),
+                                getattr(ck, what) if ck else None, tol.numbers, 1.0)
     rows += _matrix_rows(_dir_of(baseline), _dir_of(candidate), tol.numbers)
     bp, cp, budget = b.performance, c.performance, tol.cost
     resumed = b.checkpoint.resumed_modules > 0 or c.checkpoint.resumed_modules > 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -18,55 +20,65 @@ from influence_job.maths.diagnostics import offdiag_summary
 from influence_job.maths.influence import score_summary
 from influence_job.maths.similarity import matrix_stats
 from influence_job.maths.validation import run_checks
+from influence_job.outputs.results import (
+    CheckpointInfo,
+    Environment,
+    Fingerprint,
+    InfluenceSummary,
+    KindSimilarity,
+    MatrixStatistics,
+    OffDiagonal,
+    Performance,
+    Results,
+    ScoreSummary,
+    Similarity,
+    UnprojectedComparison,
+    Validation,
+)
 from influence_job.run.stages import Totals
 
 log = logging.getLogger("influence_job")
 
 
 def assemble_results(cfg: JobConfig, ds: Dataset, cap, layout, totals: Totals, model_name: str, fp: dict,
-                     device: torch.device, world: int) -> tuple[dict, dict[str, np.ndarray]]:
-    """Statistics, influence rows, diagnostics and validation from the summed contributions."""
+                     device: torch.device, world: int, checkpoint: CheckpointInfo,
+                     performance: Callable[[], Performance]) -> tuple[Results, dict[str, np.ndarray]]:
+    """The typed result and the influence rows from the summed contributions. The maths returns plain numbers;
+    each section is typed here, where it enters the result. ``performance`` is called last, so that the costs it
+    measures include the statistics."""
     arrays = ds.arrays
-    similarity = {
-        "raw": matrix_stats(totals.raw, arrays["prompt_index"], arrays["accepted"]),
-        "hinv": matrix_stats(totals.hinv, arrays["prompt_index"], arrays["accepted"]),
-    }
+    similarity = Similarity(
+        raw=MatrixStatistics.model_validate(matrix_stats(totals.raw, arrays["prompt_index"], arrays["accepted"])),
+        hinv=MatrixStatistics.model_validate(matrix_stats(totals.hinv, arrays["prompt_index"], arrays["accepted"])),
+    )
     rows = _influence_rows(ds, cap, layout, totals.scores, cfg.influence.enabled)
     warnings = _data_warnings(cfg, rows)
     skipped_tokens = np.repeat(rows["skipped"], np.diff(rows["token_offsets"]))
-    modules_out = totals.records
-    failed = [f"{m['name']} ({m['failed_factorisations']})" for m in modules_out if m["failed_factorisations"]]
-    validation = run_checks(
+    modules = totals.records
+    failed = [f"{m.name} ({m.failed_factorisations})" for m in modules if m.failed_factorisations]
+    validation = Validation.model_validate(run_checks(
         ds.n, len(rows["response_index"]), totals.raw, totals.hinv, rows["scores"], rows["entropy"], skipped_tokens,
-        failed, sum(m["factorisations"] for m in modules_out), totals.fidelity, cfg.curvature.scope,
+        failed, sum(m.factorisations for m in modules), totals.fidelity, cfg.curvature.scope,
+    ))
+    scores = score_summary(rows)
+    influence = InfluenceSummary(
+        enabled=cfg.influence.enabled, rows=len(rows["response_index"]), skipped_rows=int(rows["skipped"].sum()),
+        skipped_prompts=sorted({ds.prompt_ids[p] for p in rows["prompt_index"][rows["skipped"]]}),
+        aggregate=cfg.influence.aggregate, exclude_self=cfg.influence.exclude_self,
+        scores=None if scores is None else ScoreSummary.model_validate(scores),
     )
-    results = {
-        "n_responses": ds.n,
-        "n_prompts": len(ds.prompt_ids),
-        "n_accepted": int(arrays["accepted"].sum()),
-        "n_rejected": int((~arrays["accepted"]).sum()),
-        "n_positions": cap.n_positions,
-        "n_response_tokens": int(layout.token_offsets[-1]),
-        "model": model_name,
-        "modules": modules_out,
-        "similarity": similarity,
-        "influence": {
-            "enabled": cfg.influence.enabled,
-            "rows": len(rows["response_index"]),
-            "skipped_rows": int(rows["skipped"].sum()),
-            "skipped_prompts": sorted({ds.prompt_ids[p] for p in rows["prompt_index"][rows["skipped"]]}),
-            "aggregate": cfg.influence.aggregate,
-            "exclude_self": cfg.influence.exclude_self,
-            "scores": score_summary(rows),
-        },
-        "unprojected_comparison": totals.fidelity,
-        "curvature_similarity": {kind: _kind_similarity(m) for kind, m in totals.curvature_similarity.items()},
-        "validation": validation,
-        "warnings": warnings,
-        "fingerprint": fp,
-        "config": cfg.model_dump(mode="json"),
-        "environment": _environment(device, world),
-    }
+    results = Results(
+        n_responses=ds.n, n_prompts=len(ds.prompt_ids), n_accepted=int(arrays["accepted"].sum()),
+        n_rejected=int((~arrays["accepted"]).sum()), n_positions=cap.n_positions,
+        n_response_tokens=int(layout.token_offsets[-1]), model=model_name, modules=modules, similarity=similarity,
+        influence=influence,
+        unprojected_comparison=(None if totals.fidelity is None
+                                else UnprojectedComparison.model_validate(totals.fidelity)),
+        curvature_similarity={kind: _kind_similarity(m) for kind, m in totals.curvature_similarity.items()},
+        validation=validation, warnings=warnings, fingerprint=Fingerprint.model_validate(fp),
+        checkpoint=checkpoint, config=cfg.model_dump(mode="json"), environment=_environment(device, world),
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"), performance=performance(),
+    )
     return results, rows
 
 
@@ -123,31 +135,27 @@ def _influence_rows(ds: Dataset, cap, layout, scores: np.ndarray, enabled: bool)
     }
 
 
-def _environment(device: torch.device, world_size: int) -> dict:
+def _environment(device: torch.device, world_size: int) -> Environment:
     import transformers
 
-    return {
-        "influence_job": influence_job.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
-        "host": platform.node(),
-        "world_size": world_size,
-        "host_memory_bytes": physical_bytes(),
-        "gpu_memory_bytes": torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None,
-    }
+    return Environment(
+        influence_job=influence_job.__version__, python=platform.python_version(), torch=torch.__version__,
+        transformers=transformers.__version__, numpy=np.__version__,
+        device=(torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
+        host=platform.node(), world_size=world_size, host_memory_bytes=physical_bytes(),
+        gpu_memory_bytes=torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None,
+    )
 
 
-def _kind_similarity(mats: list[dict]) -> dict:
+def _kind_similarity(mats: list[dict]) -> KindSimilarity:
     """Per module kind: the per-prompt cosine matrices averaged over that kind's modules, summarised."""
     frobenius = np.mean([m["frobenius"] for m in mats], axis=0)
     spectrum = np.mean([m["spectrum"] for m in mats], axis=0)
     bound = max((float(m["spectrum_bound"].max()) for m in mats if "spectrum_bound" in m), default=None)
-    return {"modules": len(mats), "frobenius_cos": offdiag_summary(frobenius),
-            "spectrum_cos": offdiag_summary(spectrum), "spectrum_cos_bound": bound,
-            "frobenius_cos_matrix": frobenius}
+    return KindSimilarity(
+        modules=len(mats), frobenius_cos=OffDiagonal.model_validate(offdiag_summary(frobenius)),
+        spectrum_cos=OffDiagonal.model_validate(offdiag_summary(spectrum)), spectrum_cos_bound=bound,
+        frobenius_cos_matrix=frobenius.tolist())
 
 

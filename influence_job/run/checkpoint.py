@@ -30,6 +30,7 @@ import numpy as np
 
 import influence_job
 from influence_job.base.errors import InputError
+from influence_job.outputs.results import ModuleRecord
 from influence_job.outputs.writing import MARKER, atomic_write_bytes, marker_bytes
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class ModuleContribution:
     """One module's share of the result, in global response order (independent of the world size)."""
 
     index: int
-    record: dict
+    record: ModuleRecord  # as computed: resumed and contribution are the reduce's
     raw: np.ndarray  # N×N float64
     hinv: np.ndarray  # N×N float64
     scores: np.ndarray | None  # (response tokens,) float64, NaN for prompts without contrast
@@ -65,7 +66,8 @@ class ModuleContribution:
             arrays["scores"] = self.scores
         for k, v in (self.curvature_similarity or {}).items():
             arrays[f"curv_{k}"] = v
-        meta = {"index": self.index, "record": self.record, "fidelity": self.fidelity,
+        record = self.record.model_dump(mode="json", exclude={"resumed", "contribution"})
+        meta = {"index": self.index, "record": record, "fidelity": self.fidelity,
                 "has_scores": self.scores is not None, "curv": sorted(self.curvature_similarity or {})}
         buf = io.BytesIO()
         np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
@@ -74,14 +76,15 @@ class ModuleContribution:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ModuleContribution:
-        """Raises ValueError when the checksum does not match (a truncated or corrupt file)."""
+        """Raises ValueError when the checksum does not match (a truncated or corrupt file) or the record is not a
+        module record."""
         digest, _, payload = data.partition(b"\n")
         if hashlib.sha256(payload).hexdigest().encode() != digest:
             raise ValueError("checksum mismatch")
         with np.load(io.BytesIO(payload), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             return cls(
-                index=meta["index"], record=meta["record"], raw=z["raw"], hinv=z["hinv"],
+                index=meta["index"], record=ModuleRecord.model_validate(meta["record"]), raw=z["raw"], hinv=z["hinv"],
                 scores=z["scores"] if meta["has_scores"] else None, fidelity=meta["fidelity"],
                 curvature_similarity={k: z[f"curv_{k}"] for k in meta["curv"]} or None,
             )

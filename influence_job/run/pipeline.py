@@ -14,7 +14,6 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,9 @@ from influence_job.maths.engine import make_layout
 from influence_job.monitoring.metrics import JobMetrics
 from influence_job.outputs.report import render_report
 from influence_job.outputs.report_html import render_html
-from influence_job.outputs.results import Results
+from influence_job.outputs.results import CheckpointInfo, Performance, Results
 from influence_job.outputs.tables import influence_rows_table, parquet_bytes
-from influence_job.outputs.writing import check_target, json_safe, npz_bytes, write_output_dir
+from influence_job.outputs.writing import check_target, npz_bytes, write_output_dir
 from influence_job.planning.estimate import similarity_layers
 from influence_job.planning.plan import make_plan
 from influence_job.planning.profiles import device_profile
@@ -57,7 +56,7 @@ log = logging.getLogger("influence_job")
 
 @dataclass
 class RunResult:
-    results: dict
+    results: Results | None
     raw: np.ndarray
     hinv: np.ndarray
     rows: dict[str, np.ndarray]
@@ -223,53 +222,51 @@ def _after_capture(run: Run, local) -> RunResult:
         return RunResult(results=None, raw=None, hinv=None, rows={}, phase_seconds=phases.seconds)
     with phases("statistics"):
         results, rows = assemble_results(cfg, run.ds, cap, layout, totals, run.model_name, run.fingerprint,
-                                         comm.device, comm.world)
-        typed = _finish_results(run, results, totals, gathered)
-        results = typed.as_dict()
+                                         comm.device, comm.world, _checkpoint_info(run),
+                                         lambda: _performance(run, totals, gathered))
     if run.write:
         similarity = {"raw": totals.raw, "hinv": totals.hinv, "prompt_index": arrays["prompt_index"],
                       "accepted": arrays["accepted"], "reward": arrays["reward"], "advantage": arrays["advantage"],
                       "log_prob": cap.log_prob}
-        _write(run, typed, results, similarity, rows)
+        _write(run, results, similarity, rows)
     return RunResult(results=results, raw=totals.raw, hinv=totals.hinv, rows=rows,
                      phase_seconds=phases.seconds)
 
 
-def _finish_results(run: Run, results: dict, totals: Totals, gathered: list[dict]) -> Results:
-    """The checkpoint, end time and performance sections, and the result checked against its contract before
-    anything is written."""
+def _checkpoint_info(run: Run) -> CheckpointInfo:
     store, n_modules = run.store, len(run.names)
-    results["checkpoint"] = {"dir": str(store.path) if store.path else None,
-                             "kept": bool(store.path) and run.cfg.output.keep_checkpoint,
-                             "resumed_modules": len(store.done), "computed_modules": n_modules - len(store.done)}
-    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    # Measured before writing: the write phase is in the log but not in results.json.
-    results["performance"] = {
-        "wall_seconds": time.perf_counter() - run.started,
-        "phase_seconds": dict(run.phases.seconds),
+    return CheckpointInfo(dir=str(store.path) if store.path else None,
+                          kept=bool(store.path) and run.cfg.output.keep_checkpoint,
+                          resumed_modules=len(store.done), computed_modules=n_modules - len(store.done))
+
+
+def _performance(run: Run, totals: Totals, gathered: list[dict]) -> Performance:
+    """This attempt's costs, measured before writing: the write phase is in the log but not in results.json."""
+    computed = [m for m in totals.records if not m.resumed]
+    return Performance(
+        wall_seconds=time.perf_counter() - run.started,
+        phase_seconds=dict(run.phases.seconds),
         # This attempt's modules only (summed over ranks' work), like the wall time and the phases: a resumed
         # module's seconds belong to the attempt that computed it.
-        "hessian_solve_seconds": sum(m["solve_seconds"] for m in totals.records if not m["resumed"]),
+        hessian_solve_seconds=sum(m.solve_seconds for m in computed),
         # The diagnostics computed beside the solves (unprojected comparison, curvature similarity), booked as
         # their own phase (phase_seconds["diagnostics"]) so that the solves' time is not misread.
-        "diagnostics_seconds": sum(m["diagnostic_seconds"] for m in totals.records if not m["resumed"]),
-        "peak_gpu_mem_bytes": max(g["peak_gpu"] for g in gathered),  # the largest rank's peak
-        "peak_host_mem_bytes": max(g["peak_host"] for g in gathered),
+        diagnostics_seconds=sum(m.diagnostic_seconds for m in computed),
+        peak_gpu_mem_bytes=max(g["peak_gpu"] for g in gathered),  # the largest rank's peak
+        peak_host_mem_bytes=max(g["peak_host"] for g in gathered),
         # Each rank's phases up to the reduce (phase_seconds above are rank 0's, which writes the result).
-        "rank_phase_seconds": [g["phase_seconds"] for g in gathered],
-    }
-    return Results.model_validate(json_safe(results))
+        rank_phase_seconds=[g["phase_seconds"] for g in gathered],
+    )
 
 
-def _write(run: Run, typed: Results, results: dict, similarity: dict[str, np.ndarray],
-           rows: dict[str, np.ndarray]) -> None:
+def _write(run: Run, results: Results, similarity: dict[str, np.ndarray], rows: dict[str, np.ndarray]) -> None:
     """The report, then the output directory in one atomic step; the checkpoint goes unless it is to be kept."""
     tokens = token_strings(run.ds)
     with run.phases("report"):
         html = render_html(results, similarity, rows, tokens).encode()  # before the write: it takes a while
     with run.phases("write"), committing():
         write_output_dir(run.out_dir, {
-            "results.json": (typed.model_dump_json(by_alias=True, indent=2) + "\n").encode(),
+            "results.json": results.to_json().encode(),
             "similarity.npz": npz_bytes(similarity),
             "influence_rows.npz": npz_bytes(rows),
             "influence_rows.parquet": parquet_bytes(influence_rows_table(rows, tokens)),

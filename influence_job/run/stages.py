@@ -16,6 +16,7 @@ from influence_job.maths.diagnostics import module_curvature_similarity, unproje
 from influence_job.maths.engine import make_layout, process_module
 from influence_job.maths.similarity import pair_masks, per_prompt_dot_means
 from influence_job.monitoring.metrics import JobMetrics
+from influence_job.outputs.results import Contribution, ModuleRecord, Shares
 from influence_job.planning.assignment import assign_modules
 from influence_job.planning.estimate import module_costs, runs_similarity
 from influence_job.planning.profiles import device_profile
@@ -31,7 +32,7 @@ class Totals:
     raw: np.ndarray
     hinv: np.ndarray
     scores: np.ndarray
-    records: list[dict]
+    records: list[ModuleRecord]
     fidelity: dict | None
     curvature_similarity: dict[str, list[dict]]
 
@@ -115,22 +116,22 @@ def reduce_stage(store: ContributionStore, n_modules: int, n_tokens: int, arrays
         hinv += c.hinv
         if c.scores is not None:
             scores += c.scores
-        records.append({**c.record, "resumed": i in store.done,
-                        "contribution": {"raw": per_prompt_dot_means(c.raw, pairs, masks),
-                                         "hinv": per_prompt_dot_means(c.hinv, pairs, masks)}})
+        contribution = Contribution(raw=Shares.model_validate(per_prompt_dot_means(c.raw, pairs, masks)),
+                                    hinv=Shares.model_validate(per_prompt_dot_means(c.hinv, pairs, masks)))
+        records.append(c.record.model_copy(update={"resumed": i in store.done, "contribution": contribution}))
         fidelity = fidelity or c.fidelity
         if c.curvature_similarity is not None:
-            curv.setdefault(c.record["kind"], []).append(c.curvature_similarity)
+            curv.setdefault(c.record.kind, []).append(c.curvature_similarity)
     return Totals(raw, hinv, scores, records, fidelity, curv), gathered
 
 
-def module_record(mf: ModuleFactors, res, diagnostic_seconds: float) -> dict:
-    return {
-        "name": mf.name, "kind": mf.kind, "layer": mf.layer,
-        "in_features": mf.dims.d_in, "out_features": mf.dims.d_out,
-        "k_in": mf.dims.k_in, "k_out": mf.dims.k_out, "D": mf.dims.D,
-        "hessian_peak_mb": mf.dims.hessian_peak_mb, "solver": res.route,
-        "damping": res.damping, "solve_seconds": res.seconds, "diagnostic_seconds": diagnostic_seconds,
-        "factorisations": res.factorisations, "failed_factorisations": res.failed,
-        "gram_dtype": res.gram_dtype, "refinement_steps": res.refinements,
-    }
+def module_record(mf: ModuleFactors, res, diagnostic_seconds: float) -> ModuleRecord:
+    """What results.json says of a module the run computed; whether it was resumed and its contribution are set
+    when the contributions are summed (reduce_stage)."""
+    return ModuleRecord(
+        name=mf.name, kind=mf.kind, layer=mf.layer, in_features=mf.dims.d_in, out_features=mf.dims.d_out,
+        k_in=mf.dims.k_in, k_out=mf.dims.k_out, D=mf.dims.D, hessian_peak_mb=mf.dims.hessian_peak_mb,
+        solver=res.route, damping=res.damping, solve_seconds=res.seconds, diagnostic_seconds=diagnostic_seconds,
+        factorisations=res.factorisations, failed_factorisations=res.failed, gram_dtype=res.gram_dtype,
+        refinement_steps=res.refinements,
+    )

@@ -124,8 +124,8 @@ def test_a_run_with_float32_gram_products_gives_the_float64_results(tiny_model_d
     a, b = runs["float32"], runs["float64"]
     assert rel_err(a.hinv, b.hinv) <= SOLVE_RTOL
     # Each module's record says which products its dense Gram used and how many refinement steps it took.
-    cheap = [m for m in a.results["modules"] if m["gram_dtype"] is not None]
-    assert cheap and all(m["gram_dtype"] == "float32" and m["refinement_steps"] > 0 for m in cheap)
-    assert all(m["refinement_steps"] == 0 for m in b.results["modules"])
+    cheap = [m for m in a.results.modules if m.gram_dtype is not None]
+    assert cheap and all(m.gram_dtype == "float32" and m.refinement_steps > 0 for m in cheap)
+    assert all(m.refinement_steps == 0 for m in b.results.modules)
     ok = np.isfinite(b.rows["scores"])
     assert rel_err(a.rows["scores"][ok], b.rows["scores"][ok]) <= SOLVE_RTOL

@@ -17,6 +17,7 @@ from influence_job.cli.main import main
 from influence_job.outputs.number_format import column_format, format_rows
 from influence_job.outputs.regenerate import read_output
 from influence_job.outputs.report_html import AGGREGATE_ABOVE, render_html
+from influence_job.outputs.results import Results
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "report-html"
@@ -184,7 +185,7 @@ def test_token_view_colours_follow_the_scores_and_skipped_prompts_say_why(defaul
     assert "<b>p3</b>: all 4 responses accepted: no rejected response to contrast with" in page_text
 
 
-def synthetic_output(results: dict, n_prompts: int = 250, per_prompt: int = 4, tokens_each: int = 12, seed: int = 0):
+def synthetic_output(results: Results, n_prompts: int = 250, per_prompt: int = 4, tokens_each: int = 12, seed: int = 0):
     """A 1,000-response output built from a real run's results.json: random but valid PSD matrices, one row per
     response with scores and entropies (the page's content, not the engine, is under test here)."""
     rng = np.random.default_rng(seed)
@@ -203,8 +204,8 @@ def synthetic_output(results: dict, n_prompts: int = 250, per_prompt: int = 4, t
             "token_ids": rng.integers(0, 256, offsets[-1]), "scores": rng.standard_normal(offsets[-1]),
             "entropy": rng.random(offsets[-1]) * 5}
     tokens = [[chr(97 + int(t) % 26) for t in rows["token_ids"][offsets[i]:offsets[i + 1]]] for i in range(n)]
-    big = {**results, "n_responses": n, "n_prompts": n_prompts, "n_accepted": int(accepted.sum()),
-           "n_rejected": int((~accepted).sum()), "n_response_tokens": int(offsets[-1])}
+    big = results.model_copy(update={"n_responses": n, "n_prompts": n_prompts, "n_accepted": int(accepted.sum()),
+                                     "n_rejected": int((~accepted).sum()), "n_response_tokens": int(offsets[-1])})
     return big, sim, rows, tokens
 
 

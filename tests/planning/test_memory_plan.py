@@ -42,9 +42,9 @@ def test_one_module_working_set_alive_at_a_time(monkeypatch, tiny_model_dir, tin
         influence={"enabled": True}, diagnostics={"curvature_similarity": False, "unprojected_module": None},
     )
     out = pipeline.run_job(cfg, write=False)
-    assert out.results["validation"]["passed"]
-    n_prompts = int(out.results["n_prompts"])
+    assert out.results.validation.passed
+    n_prompts = out.results.n_prompts
     # Every module factored once globally and once per prompt (the influence rows), all dense D×D.
-    assert len(per_module) == len(out.results["modules"]) > 1
+    assert len(per_module) == len(out.results.modules) > 1
     assert all(count == 1 + n_prompts for _, _, count in per_module)
     assert [ref for ref in earlier if ref() is not None] == []

@@ -159,8 +159,8 @@ def test_the_engine_passes_the_free_memory_to_every_factorisation(tiny_model_dir
     monkeypatch.setattr(engine, "free_bytes", lambda device: reads.append(device) or 12_345_678)
     monkeypatch.setattr(engine, "factor", lambda *a, **k: limits.append(k["limit_bytes"]) or real(*a, **k))
     out = pipeline.run_job(cfg, write=False)
-    assert len(reads) == len(out.results["modules"])
-    assert len(limits) == sum(m["factorisations"] for m in out.results["modules"]) and set(limits) == {12_345_678}
+    assert len(reads) == len(out.results.modules)
+    assert len(limits) == sum(m.factorisations for m in out.results.modules) and set(limits) == {12_345_678}
 
 
 PROBE = textwrap.dedent("""
@@ -337,7 +337,7 @@ def test_the_model_is_released_before_the_curvature_stage(tiny_model_dir, tiny_d
 
     monkeypatch.setattr(pipeline, "load_inputs", load)
     monkeypatch.setattr(stages, "process_module", process)
-    assert pipeline.run_job(cfg, write=False).results["validation"]["passed"]
+    assert pipeline.run_job(cfg, write=False).results.validation.passed
 
 
 def test_ranks_balance_solves_and_the_diagnostics_beside_them(real_data):
@@ -378,7 +378,7 @@ def test_a_one_rank_cpu_run_measures_no_rates_and_its_plan_line_gives_flops(monk
     try:
         with caplog.at_level(logging.INFO, logger="influence_job"):
             result = pipeline.run_job(JobConfig(), write=False)
-        assert result.results["validation"]["passed"]
+        assert result.results.validation.passed
         line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("plan (cpu, 1 rank)"))
         assert "flop (curvature+solve" in line and "times: influence-job plan --device cpu" in line
         with pytest.raises(AssertionError, match="measured"):

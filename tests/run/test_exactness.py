@@ -57,7 +57,7 @@ def test_raw_and_hinv_match_autograd_and_explicit_solves(
     out = run_job(cfg, write=False)
     assert rel_err(out.raw, raw_reference(ref)) < MODEL_RTOL
     assert rel_err(out.hinv, hinv_reference(ref, source, scope)) < SOLVE_RTOL
-    assert out.results["validation"]["passed"]
+    assert out.results.validation.passed
 
 
 @pytest.mark.parametrize("positions", ["all", "response"])
@@ -112,7 +112,7 @@ def test_token_influence_matches_brute_force(references, tiny_model_dir, tiny_da
     # entropy and per-row identity columns
     assert rel_err(rows["entropy"], np.concatenate(ref.entropy)) < MODEL_RTOL
     assert list(rows["accepted"]) == list(ref.accepted)
-    assert out.results["influence"]["skipped_prompts"] == ["c"]
+    assert out.results.influence.skipped_prompts == ["c"]
 
 
 def test_log_prob_matches(references, tiny_model_dir, tiny_data, tmp_path):
@@ -129,12 +129,12 @@ def test_unprojected_comparison_is_exact(references, tiny_model_dir, tiny_data):
     ref = references("rademacher")
     cfg = exact_config(tiny_model_dir, tiny_data, projection=PROJECTIONS["rademacher"],
                        diagnostics={"unprojected_module": "model.layers.1.self_attn.k_proj"})
-    res = run_job(cfg, write=False).results["unprojected_comparison"]
+    res = run_job(cfg, write=False).results.unprojected_comparison
     W = ref.weight_grad["model.layers.1.self_attn.k_proj"]
     gram = (W @ W.T).numpy()
-    assert res["unprojected"]["self_dot"]["all"]["mean"] == pytest.approx(np.diag(gram).mean(), rel=MODEL_RTOL)
+    assert res.unprojected.self_dot.all.mean == pytest.approx(np.diag(gram).mean(), rel=MODEL_RTOL)
     Gp = ref.G["model.layers.1.self_attn.k_proj"]
-    assert res["projected"]["self_dot"]["all"]["mean"] == pytest.approx(
+    assert res.projected.self_dot.all.mean == pytest.approx(
         float(torch.diag(Gp @ Gp.T).mean()), rel=MODEL_RTOL)
 
 
@@ -149,7 +149,7 @@ def test_module_contributions_match_per_module_autograd(references, tiny_model_d
     out = run_job(exact_config(tiny_model_dir, tiny_data, projection=PROJECTIONS["rademacher"],
                                curvature={"source": "token", "scope": "global"}), write=False)
     n = len(ref.prompt_index)
-    by_name = {m["name"]: m["contribution"] for m in out.results["modules"]}
+    by_name = {m.name: m.contribution.as_json() for m in out.results.modules}
     assert set(by_name) == set(ref.G)
     for name, G in ref.G.items():
         H = curvature(ref, name, list(range(n)), "token")

@@ -40,8 +40,8 @@ def test_prompt_order_only_permutes_results(tiny_model_dir, tiny_data, tmp_path)
             assert rel_err(sb, sa) < SOLVE_RTOL
     for scope in ("per_prompt", "all_prompt"):
         for cat in ("acc-acc", "acc-rej"):
-            assert np.isclose(a.results["similarity"]["hinv"][scope][cat]["dot"]["mean"],
-                              b.results["similarity"]["hinv"][scope][cat]["dot"]["mean"], rtol=SOLVE_RTOL, atol=0)
+            assert np.isclose(a.results.similarity.hinv.scopes()[scope].cells()[cat].dot.mean,
+                              b.results.similarity.hinv.scopes()[scope].cells()[cat].dot.mean, rtol=SOLVE_RTOL, atol=0)
 
 
 def test_identical_runs_write_identical_numbers(tiny_model_dir, tiny_data, tmp_path):
