@@ -19,7 +19,8 @@ class ExitCode(IntEnum):
 
     OK = 0, "success"
     CHECK_FAILED = 1, ("a check failed: run, a validation check (the outputs are written and say which); compare, a "
-                       "regression; submit --wait and publish, the workflow's run did not succeed")
+                       "regression; trace, a step failed or failed validation (the trace names it); submit --wait "
+                       "and publish, the workflow's run did not succeed")
     INPUT = 2, ("bad input or configuration: a one-paragraph message names the problem and the fix (also an output "
                 "directory the run must not replace)")
     DISTRIBUTED = 3, ("a collective across torchrun ranks failed: a rank died or did not answer within "

@@ -56,6 +56,8 @@ def command(args) -> int:
         return ExitCode.OK
     if args.command == "plan":
         return _plan(args)
+    if args.command == "trace":
+        return _trace(args)
     if args.command == "config":
         if args.explain:
             print("\n".join(explain()))
@@ -93,6 +95,39 @@ def _plan(args) -> int:
     plan = make_plan(cfg, workload(cfg), profile(device), ranks)
     print(json.dumps(as_dict(plan), indent=2) if args.json else render(plan))
     return ExitCode.OK
+
+
+def _trace(args) -> int:
+    """Run a trace specification's steps (or gather existing outputs), then write the trace."""
+    if (args.spec is None) == (args.gather is None):
+        raise InputError("trace needs either a specification (influence-job trace SPEC --output DIR) or --gather "
+                         "RUN_OUTPUT... (influence-job trace --gather DIR1 DIR2 --output DIR), not both or neither.")
+    from influence_job.trace.outputs import gather, prepare_trace_dir, trace_of_outcomes, write_trace
+
+    if args.gather:
+        out_dir = prepare_trace_dir(args.output)
+        trace = gather(args.gather)
+    else:
+        from influence_job.run.distributed import init_comm
+        from influence_job.trace.spec import load_spec
+        from influence_job.trace.steps import run_steps
+
+        job, steps = load_spec(args.spec, args.overrides)
+        comm = init_comm(job.compute.device, job.compute.timeout_seconds)
+        out_dir = prepare_trace_dir(args.output) if comm.is_root else Path(args.output).resolve()
+        try:
+            outcomes = run_steps(job, steps, out_dir, comm, args.fresh)
+        finally:
+            comm.close()
+        if not comm.is_root:
+            return ExitCode.OK
+        trace = trace_of_outcomes(outcomes)
+    page = write_trace(out_dir, trace)
+    bad = [s for s in trace.steps if s.status == "failed" or s.validation_passed is False]
+    print(f"trace: {len(trace.steps)} steps, {len(trace.steps) - len(bad)} with a result that passed validation"
+          + "".join(f"\n  step {s.label}: " + (f"failed: {s.reason}" if s.status == "failed" else "validation FAILED")
+                    for s in bad) + f"\nlook at: {page}")
+    return ExitCode.CHECK_FAILED if bad else ExitCode.OK
 
 
 def _compare(args) -> int:

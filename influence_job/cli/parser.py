@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_commands(sub) -> None:
-    """The commands that compute: run, plan, config."""
+    """The commands that compute: run, plan, trace, config."""
     run = sub.add_parser("run", help="run the diagnostic and write the output directory")
     _config_args(run)
     run.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
@@ -63,6 +63,22 @@ def _run_commands(sub) -> None:
     plan.add_argument("--ranks", type=int, default=None,
                       help="ranks (GPUs) the run uses; default: $WORLD_SIZE, else 1")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    trace = sub.add_parser(
+        "trace", help="run the diagnostic over training steps (a checkpoint and a batch each) and write the trend",
+        description="Run every step of a trace specification as an ordinary run (DIR/steps/<step>), reusing steps "
+        "whose outputs already hold a result with the same fingerprint, then write DIR/trace/ (trace.json, "
+        "trace.parquet, trace.html). With --gather, build the trace from existing run outputs instead. Exit 0 when "
+        "every step has a result that passed validation, 1 when a step failed or failed validation (the trace names "
+        "it), 2 bad input. The specification's format: docs/usage.md (Tracing a training run).")
+    trace.add_argument("spec", type=Path, nargs="?", help="the trace specification (YAML)")
+    trace.add_argument("--output", type=Path, required=True, help="the trace's directory")
+    trace.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one field of the steps' shared job configuration (repeatable)")
+    trace.add_argument("--gather", type=Path, nargs="+", metavar="RUN_OUTPUT",
+                       help="build the trace from these run output directories (step numbers from the digits their "
+                       "names end with, else their order) instead of running a specification")
+    trace.add_argument("--fresh", action="store_true", help="recompute every step, even one whose output matches")
+    trace.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     cfg = sub.add_parser("config", help="print the resolved configuration as YAML")
     _config_args(cfg)
     cfg.add_argument("--explain", action="store_true", help="list every field with its default and meaning")

@@ -10,6 +10,7 @@ it is written; every other float must be finite.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -41,6 +42,16 @@ class ResultSection(BaseModel):
         """The fields by their results.json names (aliases such as 'acc-acc'), in the file's order."""
         named = {(info.alias or name): getattr(self, name) for name, info in type(self).model_fields.items()}
         return {key: value for key, value in named.items() if key not in exclude}
+
+    def leaves(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """(dotted results.json path, value) of every scalar below this section, in the file's order: for readers
+        that treat the numbers of a section alike (compare's rows, the trace's statistics). Lists are left out."""
+        for key, value in self.by_name().items():
+            path = f"{prefix}.{key}" if prefix else key
+            if isinstance(value, ResultSection):
+                yield from value.leaves(path)
+            elif not isinstance(value, list | dict):
+                yield path, value
 
     def as_json(self) -> Any:
         """The JSON form (results.json's field names, e.g. 'acc-acc'): for pages that embed a section as data."""

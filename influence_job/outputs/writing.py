@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 MARKER = ".influence-job"
 RESULT_FILES = ("results.json", "similarity.npz", "influence_rows.npz", "influence_rows.parquet", "report.md",
                 "report.html")
-OWN_FILES = (*RESULT_FILES, "baseline.json")  # a baseline is an output directory plus its record
+TRACE_FILES = ("trace.json", "trace.parquet", "trace.html")  # a trace's own directory (influence_job.trace)
+OWN_FILES = (*RESULT_FILES, "baseline.json", *TRACE_FILES)  # a baseline is an output directory plus its record
 _TEMP_FILE = re.compile(r"^\..+\.tmp-\d+$")
 
 

@@ -162,19 +162,16 @@ def _walk_stats(group: str, prefix: str, b: ResultSection, c: ResultSection | No
                 dot_scale: float):
     """Rows for every number of a section of the results (statistics, a diagnostics summary), named by their
     results.json path."""
-    theirs = c.by_name() if c is not None else {}
-    for key, bv in b.by_name().items():
-        cv = theirs.get(key)
-        name = f"{prefix}.{key}"
-        if isinstance(bv, ResultSection):
-            yield from _walk_stats(group, name, bv, cv, tol, dot_scale)
-        elif isinstance(bv, int | float) and not isinstance(bv, bool) and key != "n" or bv is None:
+    theirs = dict(c.leaves(prefix)) if c is not None else {}
+    for name, bv in b.leaves(prefix):
+        cv = theirs.get(name)
+        if name.endswith(".n"):
+            yield Row(group, name, bv, cv, None if cv is None else cv - bv, "equal",
+                      "ok" if bv == cv else "regression")
+        elif bv is None or isinstance(bv, int | float) and not isinstance(bv, bool):
             is_cos = ".cos." in name or "_cos." in name  # a cell's cos stats, a *_cos summary
             atol = tol.cos_atol if is_cos else tol.dot_atol * dot_scale
             yield _number_row(group, name, bv, cv, atol, tol.rtol)
-        elif key == "n":
-            yield Row(group, name, bv, cv, None if cv is None else cv - bv, "equal",
-                      "ok" if bv == cv else "regression")
 
 
 def cost_ratio(row: Row) -> float:

@@ -1,0 +1,126 @@
+"""A trace specification: the steps of a training run to diagnose, each a checkpoint directory and the batch that
+step trained on, and the job configuration they share.
+
+Written out step by step, or as a pattern with ``{step}`` in both paths and a step range (``100:1000:100``, both
+ends included, as a reader of "steps 100 to 1000 every 100" means it) or ``all`` (every step for which the model
+pattern or the data pattern matches something). A step whose checkpoint or batch is missing is an error that names
+it, before anything runs. Relative paths are read from the specification file's directory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from influence_job.base.errors import InputError
+from influence_job.inputs.config import JobConfig
+from influence_job.inputs.config_files import read_yaml_mapping, validate_with_overrides
+
+DOCS = "docs/usage.md (Tracing a training run)"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepEntry(_Section):
+    step: int = Field(ge=0, description="The training step.")
+    model: Path = Field(description="The step's checkpoint: a local Hugging Face model directory.")
+    data: Path = Field(description="The batch the step trained on, in any data format `run` reads.")
+
+
+class StepPattern(_Section):
+    model: str = Field(description="The checkpoint directory with {step} where the step number goes, e.g. "
+                       "'ckpt/global_step_{step}/actor/huggingface' (verl's merged checkpoints).")
+    data: str = Field(description="The batch file with {step}, e.g. 'rollouts/{step}.jsonl' (verl's "
+                      "rollout_data_dir).")
+    steps: str = Field("all", description="'START:STOP:EVERY' (both ends included), or 'all': every step whose "
+                       "checkpoint or batch exists.")
+
+    @model_validator(mode="after")
+    def _placeholders(self):
+        for name in ("model", "data"):
+            if getattr(self, name).count("{step}") != 1:
+                raise ValueError(f"pattern.{name} must hold {{step}} exactly once (got {getattr(self, name)!r})")
+        if self.steps != "all":
+            _range(self.steps)
+        return self
+
+
+class TraceSpec(_Section):
+    """A trace specification file: ``job`` and one of ``steps`` or ``pattern``."""
+
+    job: dict[str, Any] = Field(
+        default_factory=dict, description="The job configuration the steps share (the keys of `influence-job "
+        "config --explain`); each step sets model.path, data.path and output.dir itself.")
+    steps: list[StepEntry] | None = Field(None, description="The steps, written out.")
+    pattern: StepPattern | None = Field(None, description="The steps, as a pattern and a range.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.steps is None) == (self.pattern is None):
+            raise ValueError("give either 'steps' (a list of {step, model, data}) or 'pattern' (model, data, steps)")
+        if self.steps is not None and len({s.step for s in self.steps}) != len(self.steps):
+            raise ValueError("a step number appears twice in 'steps'")
+        return self
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a trace, its paths resolved."""
+
+    step: int
+    model: Path
+    data: Path
+
+
+def _range(text: str) -> range:
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not m or int(m.group(3)) == 0 or int(m.group(2)) < int(m.group(1)):
+        raise ValueError(f"steps must be 'START:STOP:EVERY' with START ≤ STOP and EVERY > 0, or 'all' (got {text!r})")
+    start, stop, every = map(int, m.groups())
+    return range(start, stop + 1, every)
+
+
+def load_spec(path: Path, overrides: list[str] | None = None) -> tuple[JobConfig, list[Step]]:
+    """The shared job configuration (with ``--set`` overrides) and the expanded, checked steps."""
+    path = Path(path)
+    spec = validate_with_overrides(TraceSpec, read_yaml_mapping(path, "trace specification"), None, str(path),
+                                   docs=DOCS, what="trace specification")
+    job = validate_with_overrides(JobConfig, dict(spec.job), overrides, f"{path}: job")
+    base = path.resolve().parent
+    steps = ([Step(s.step, base / s.model, base / s.data) for s in sorted(spec.steps, key=lambda s: s.step)]
+             if spec.steps is not None else _expand(spec.pattern, base))
+    _check(steps, path)
+    return job, steps
+
+
+def _expand(pattern: StepPattern, base: Path) -> list[Step]:
+    model, data = (base / pattern.model).as_posix(), (base / pattern.data).as_posix()
+    numbers = _range(pattern.steps) if pattern.steps != "all" else sorted(_found(model) | _found(data))
+    return [Step(n, Path(model.replace("{step}", str(n))), Path(data.replace("{step}", str(n)))) for n in numbers]
+
+
+def _found(pattern: str) -> set[int]:
+    """The step numbers for which ``pattern`` names an existing path."""
+    head, _, tail = pattern.partition("{step}")
+    matcher = re.compile(re.escape(head) + r"(\d+)" + re.escape(tail) + r"$")
+    return {int(m.group(1)) for p in Path("/").glob(pattern.replace("{step}", "*").lstrip("/"))
+            if (m := matcher.match(p.as_posix()))}
+
+
+def _check(steps: list[Step], path: Path) -> None:
+    if not steps:
+        raise InputError(f"trace specification {path}: no step found. Check the pattern's paths and steps range.")
+    missing = [f"step {s.step}: " + " and ".join(
+        what for what, ok in ((f"checkpoint {s.model} (no config.json)", (s.model / "config.json").is_file()),
+                              (f"batch {s.data}", s.data.is_file())) if not ok)
+               for s in steps if not ((s.model / "config.json").is_file() and s.data.is_file())]
+    if missing:
+        shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise InputError(f"trace specification {path}: {len(missing)} of {len(steps)} steps lack a file: {shown}. "
+                         "Every step needs its checkpoint directory and its batch; fix the paths or the steps.")

@@ -1,0 +1,137 @@
+"""The influence trace: a specification expands to checked steps, each step is exactly the run it would be on its
+own, the trace holds the runs' own numbers, a repeated trace reuses finished steps, and a failed step is named
+while the others complete."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import GROUPS, exact_config, save_tiny_model, write_jsonl
+
+from influence_job.base.errors import InputError
+from influence_job.cli.main import main
+from influence_job.run.pipeline import run_job
+from influence_job.trace.spec import load_spec
+
+STEPS = (100, 200, 300)
+
+
+def verl_layout(root, steps=STEPS):
+    """verl's layout: merged checkpoints under global_step_<n>/actor/huggingface, rollouts as <n>.jsonl."""
+    (root / "rollouts").mkdir(parents=True)
+    for n in steps:
+        save_tiny_model(root / "ckpt" / f"global_step_{n}" / "actor" / "huggingface", seed=n)
+        write_jsonl(root / "rollouts" / f"{n}.jsonl", GROUPS)
+    return root
+
+
+def write_spec(root, **spec):
+    path = root / "trace.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+PATTERN = {"model": "ckpt/global_step_{step}/actor/huggingface", "data": "rollouts/{step}.jsonl"}
+# The steps' shared configuration: what exact_config sets besides the model and the data.
+JOB = {"model": {"dtype": "float64", "attn_implementation": "eager"},
+       "compute": {"device": "cpu", "micro_batch_tokens": 40}}
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    return verl_layout(tmp_path_factory.mktemp("verl"))
+
+
+def test_a_pattern_expands_to_the_steps_it_names(layout):
+    _, steps = load_spec(write_spec(layout, job=JOB, pattern={**PATTERN, "steps": "100:300:100"}))
+    assert [s.step for s in steps] == [100, 200, 300]
+    assert steps[1].model == layout / "ckpt/global_step_200/actor/huggingface"
+    assert steps[1].data == layout / "rollouts/200.jsonl"
+    _, found = load_spec(write_spec(layout, job=JOB, pattern={**PATTERN, "steps": "all"}))
+    assert [s.step for s in found] == [100, 200, 300]
+
+
+def test_missing_checkpoints_and_batches_are_named_before_anything_runs(layout):
+    with pytest.raises(InputError, match=r"2 of 5 steps lack a file: step 0: checkpoint .*global_step_0.* and batch "
+                       r".*0\.jsonl; step 400:"):
+        load_spec(write_spec(layout, job=JOB, pattern={**PATTERN, "steps": "0:400:100"}))
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"pattern": {**PATTERN, "steps": "300:100:100"}}, "START ≤ STOP"),
+    ({"pattern": {**PATTERN, "model": "ckpt/last"}}, r"pattern.model must hold \{step\} exactly once"),
+    ({"pattern": PATTERN, "steps": [{"step": 1, "model": "m", "data": "d"}]}, "either 'steps'"),
+    ({"steps": [{"step": 1, "model": "m", "data": "d"}] * 2}, "appears twice"),
+    ({"pattern": PATTERN, "job": {"projection": {"factr": 2}}}, r"(?s)trace.yaml: job.*projection.factr: unknown key"),
+])
+def test_a_bad_specification_names_the_field(layout, spec, message):
+    with pytest.raises(InputError, match=message):
+        load_spec(write_spec(layout, **spec))
+
+
+def test_each_step_is_the_run_it_would_be_alone_and_the_trace_holds_its_numbers(layout, tmp_path, capsys):
+    spec = write_spec(layout, job=JOB, pattern={**PATTERN, "steps": "100:300:100"})
+    out = tmp_path / "trace"
+    assert main(["trace", str(spec), "--output", str(out), "-q"]) == 0
+    trace = json.loads((out / "trace" / "trace.json").read_text())
+    assert [s["step"] for s in trace["steps"]] == list(STEPS)
+    assert {s["status"] for s in trace["steps"]} == {"computed"}
+    table = pq.read_table(out / "trace" / "trace.parquet").to_pandas()
+    for k, n in enumerate(STEPS):
+        alone = tmp_path / f"alone-{n}"
+        run_job(exact_config(layout / f"ckpt/global_step_{n}/actor/huggingface", layout / f"rollouts/{n}.jsonl",
+                             out=alone))
+        for name in ("similarity.npz", "influence_rows.npz"):
+            with np.load(alone / name) as a, np.load(out / "steps" / str(n) / name) as b:
+                assert all(a[key].tobytes() == b[key].tobytes() for key in a.files), (n, name)
+        results = json.loads((alone / "results.json").read_text())
+        cell = results["similarity"]["hinv"]["per_prompt"]["acc-rej"]["cos"]["mean"]
+        assert trace["series"]["similarity.hinv.per_prompt.acc-rej.cos.mean"][k] == cell
+        row = table[(table.step == n) & (table.statistic == "similarity.raw.all_prompt.acc-acc.dot.std")]
+        assert row.value.item() == results["similarity"]["raw"]["all_prompt"]["acc-acc"]["dot"]["std"]
+    # the weights differ between steps, so the trend is not flat
+    assert len(set(trace["series"]["similarity.hinv.per_prompt.acc-rej.cos.mean"])) == len(STEPS)
+    capsys.readouterr()
+    # A repeated command reuses every step (same fingerprint) and writes the same numbers.
+    assert main(["trace", str(spec), "--output", str(out)]) == 0
+    again = json.loads((out / "trace" / "trace.json").read_text())
+    assert {s["status"] for s in again["steps"]} == {"reused"} and again["series"] == trace["series"]
+    assert "reused" in capsys.readouterr().err
+
+
+def test_a_failed_step_is_named_and_the_others_complete(tmp_path, capsys):
+    root = verl_layout(tmp_path / "verl", steps=(1, 2))
+    (root / "rollouts" / "2.jsonl").write_text('{"prompt_id": "a", "prompt": "x", "responses": []}\n')
+    spec = write_spec(root, job=JOB, pattern={**PATTERN, "steps": "all"})
+    assert main(["trace", str(spec), "--output", str(tmp_path / "out"), "-q"]) == 1
+    said = capsys.readouterr().out
+    assert "step 2: failed:" in said and "1 with a result" in said
+    trace = json.loads((tmp_path / "out" / "trace" / "trace.json").read_text())
+    by_step = {s["step"]: s for s in trace["steps"]}
+    assert by_step[1]["status"] == "computed" and by_step[1]["validation_passed"] is True
+    assert by_step[2]["status"] == "failed" and "responses" in by_step[2]["reason"]
+    assert all(values[1] is None for values in trace["series"].values())
+    assert (tmp_path / "out" / "steps" / "1" / "results.json").is_file()
+
+
+def test_gather_builds_the_trace_of_existing_outputs(tmp_path, tiny_model_dir, tiny_data):
+    for name in ("night-3", "night-12"):
+        run_job(exact_config(tiny_model_dir, tiny_data, out=tmp_path / name))
+    (tmp_path / "broken-7").mkdir()
+    assert main(["trace", "--gather", str(tmp_path / "night-12"), str(tmp_path / "night-3"),
+                 str(tmp_path / "broken-7"), "--output", str(tmp_path / "t")]) == 1
+    trace = json.loads((tmp_path / "t" / "trace" / "trace.json").read_text())
+    assert [(s["step"], s["status"]) for s in trace["steps"]] == [(3, "gathered"), (7, "failed"), (12, "gathered")]
+    assert "cannot read" in trace["steps"][1]["reason"]
+
+
+def test_a_trace_never_writes_into_a_directory_it_does_not_own(tmp_path, tiny_model_dir, tiny_data):
+    run_job(exact_config(tiny_model_dir, tiny_data, out=tmp_path / "run"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["trace", "--gather", str(tmp_path / "run"), "--output", str(tmp_path / "mine")]) == 2
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
