@@ -67,7 +67,7 @@ def command(args) -> int:
     cfg = resolve(args)
     if args.keep_checkpoint:
         cfg.output.keep_checkpoint = True
-    return _run(cfg, args.fresh)
+    return _run(cfg, args.fresh, args.reuse)
 
 
 def _check_data(cfg) -> None:
@@ -98,36 +98,83 @@ def _plan(args) -> int:
 
 
 def _trace(args) -> int:
-    """Run a trace specification's steps (or gather existing outputs), then write the trace."""
+    """Run a trace specification's steps (or list them, or collect their outputs, or gather existing outputs), then
+    write the trace."""
     if (args.spec is None) == (args.gather is None):
         raise InputError("trace needs either a specification (influence-job trace SPEC --output DIR) or --gather "
                          "RUN_OUTPUT... (influence-job trace --gather DIR1 DIR2 --output DIR), not both or neither.")
     from influence_job.trace.outputs import gather, prepare_trace_dir, trace_of_outcomes, write_trace
 
     if args.gather:
-        out_dir = prepare_trace_dir(args.output)
-        trace = gather(args.gather)
+        out_dir, trace = prepare_trace_dir(args.output), gather(args.gather)
     else:
-        from influence_job.run.distributed import init_comm
         from influence_job.trace.spec import load_spec
-        from influence_job.trace.steps import run_steps
 
-        job, steps = load_spec(args.spec, args.overrides)
-        comm = init_comm(job.compute.device, job.compute.timeout_seconds)
-        out_dir = prepare_trace_dir(args.output) if comm.is_root else Path(args.output).resolve()
-        try:
-            outcomes = run_steps(job, steps, out_dir, comm, args.fresh)
-        finally:
-            comm.close()
-        if not comm.is_root:
-            return ExitCode.OK
-        trace = trace_of_outcomes(outcomes)
+        spec = load_spec(args.spec, args.overrides)
+        if args.list:
+            return _list_steps(spec, args.output, args.list)
+        outcomes = _trace_steps(spec.job, spec.steps, args)
+        if outcomes is None:
+            return ExitCode.OK  # a torchrun rank other than 0: rank 0 writes the trace
+        out_dir, trace = Path(args.output).resolve(), trace_of_outcomes(outcomes)
     page = write_trace(out_dir, trace)
     bad = [s for s in trace.steps if s.status == "failed" or s.validation_passed is False]
+    if args.outputs:
+        _trace_parameters(args.outputs, trace, bad)
     print(f"trace: {len(trace.steps)} steps, {len(trace.steps) - len(bad)} with a result that passed validation"
           + "".join(f"\n  step {s.label}: " + (f"failed: {s.reason}" if s.status == "failed" else "validation FAILED")
                     for s in bad) + f"\nlook at: {page}")
     return ExitCode.CHECK_FAILED if bad else ExitCode.OK
+
+
+def _trace_steps(job, steps, args):
+    """The steps' outcomes: run here (every torchrun rank takes part; None on ranks other than 0), or collected from
+    their outputs (--collect)."""
+    from influence_job.trace.outputs import prepare_trace_dir
+    from influence_job.trace.steps import collect_steps, run_steps
+
+    if args.collect:
+        return collect_steps(steps, prepare_trace_dir(args.output))
+    from influence_job.run.distributed import init_comm
+
+    comm = init_comm(job.compute.device, job.compute.timeout_seconds)
+    out_dir = prepare_trace_dir(args.output) if comm.is_root else Path(args.output).resolve()
+    try:
+        outcomes = run_steps(job, steps, out_dir, comm, args.fresh)
+    finally:
+        comm.close()
+    return outcomes if comm.is_root else None
+
+
+def _list_steps(spec, out_dir: Path, where: Path) -> int:
+    """The expanded steps as the cluster's fan-out reads them: ``steps`` (a JSON list) and ``count``; the trace's
+    directory is checked and marked here, before any step writes into it, and its size pushed."""
+    import json
+
+    from influence_job.monitoring.metrics import push_trace_steps, pushgateway_url
+    from influence_job.outputs.writing import atomic_write_bytes
+    from influence_job.trace.outputs import prepare_trace_dir
+    from influence_job.trace.steps import step_items, trace_name
+
+    where.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_trace_dir(out_dir)
+    items = step_items(spec, out_dir)
+    if url := pushgateway_url(spec.job):
+        push_trace_steps(url, len(items), spec.job.metrics.job, trace_name(out_dir))
+    atomic_write_bytes(where / "steps", json.dumps(items).encode())
+    atomic_write_bytes(where / "count", str(len(items)).encode())
+    print(f"trace: {len(items)} steps ({', '.join(i['step'] for i in items)}), each checkpoint and batch found")
+    return ExitCode.OK
+
+
+def _trace_parameters(where: Path, trace, bad) -> None:
+    """The trace's verdict as Argo output-parameter files: steps, failed (count) and failed-steps (their labels)."""
+    from influence_job.outputs.writing import atomic_write_bytes
+
+    where.mkdir(parents=True, exist_ok=True)
+    for name, text in (("steps", str(len(trace.steps))), ("failed", str(len(bad))),
+                       ("failed-steps", ",".join(s.label for s in bad))):
+        atomic_write_bytes(where / name, text.encode())
 
 
 def _compare(args) -> int:
@@ -159,16 +206,21 @@ def _compare(args) -> int:
     return cmp.exit_code
 
 
-def _run(cfg, fresh: bool = False) -> int:
+def _run(cfg, fresh: bool = False, reuse: bool = False) -> int:
     """Run the job with live metrics; push the final summary when a Pushgateway is configured, whether
     the run succeeded, failed validation or stopped on an error."""
     import time
 
     _check_data(cfg)
-    from influence_job.monitoring.metrics import JobMetrics, push_summary
+    from influence_job.monitoring.metrics import JobMetrics, push_summary, pushgateway_url
     from influence_job.outputs.report import summary_lines
     from influence_job.run.distributed import init_comm
-    from influence_job.run.pipeline import run_job  # heavy imports only when running
+    from influence_job.run.pipeline import matching_result, run_job  # heavy imports only when running
+
+    if reuse and not fresh and (done := matching_result(cfg)) is not None:
+        print(f"influence-job: {cfg.output.dir} already holds this configuration's result (fingerprint "
+              f"{done.fingerprint.run[:12]}, finished {done.finished_at}); nothing to do (--reuse).")
+        return ExitCode.OK if done.validation.passed else ExitCode.CHECK_FAILED
 
     comm = init_comm(cfg.compute.device, cfg.compute.timeout_seconds)
     metrics = JobMetrics(cfg.metrics.dir, comm.rank, comm.world)
@@ -179,9 +231,9 @@ def _run(cfg, fresh: bool = False) -> int:
         wall = time.perf_counter() - t0
         if comm.is_root:  # rank 0 holds the results and speaks for the run
             metrics.finished(results, wall)  # samples memory too
-            url = cfg.metrics.pushgateway or os.environ.get("INFLUENCE_PUSHGATEWAY")
+            url = pushgateway_url(cfg)
             if url:
-                push_summary(url, results, wall, cfg.metrics.job, cfg.metrics.instance)
+                push_summary(url, results, wall, cfg.metrics.job, cfg.metrics.instance, cfg.metrics.trace_step)
         else:
             metrics.sample_memory()
         comm.close()

@@ -50,6 +50,10 @@ def _run_commands(sub) -> None:
     run.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     run.add_argument("--fresh", action="store_true",
                      help="ignore (and remove) this run's checkpoint instead of resuming from it")
+    run.add_argument("--reuse", action="store_true",
+                     help="do nothing when the output directory already holds this configuration's result (the same "
+                     "fingerprint: settings, data, model files, version); the cluster's runs pass it, so a retried "
+                     "or resubmitted step that finished is not computed again")
     run.add_argument("--keep-checkpoint", action="store_true",
                      help="keep the checkpoint directory after success (same as output.keep_checkpoint)")
     plan = sub.add_parser("plan", help="estimate a run's flops, memory and time per phase and rank, the route of "
@@ -78,6 +82,14 @@ def _run_commands(sub) -> None:
                        help="build the trace from these run output directories (step numbers from the digits their "
                        "names end with, else their order) instead of running a specification")
     trace.add_argument("--fresh", action="store_true", help="recompute every step, even one whose output matches")
+    trace.add_argument("--list", type=Path, metavar="DIR",
+                       help="only expand and check the steps: write DIR/steps (a JSON list, the cluster's fan-out "
+                       "items) and DIR/count, run nothing")
+    trace.add_argument("--collect", action="store_true",
+                       help="run nothing: write the trace from the steps' outputs under --output (the cluster's "
+                       "gather step, after each step ran in its own pod); a step without a result is named")
+    trace.add_argument("--outputs", type=Path, metavar="DIR",
+                       help="also write the verdict as Argo output-parameter files: steps, failed, failed-steps")
     trace.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     cfg = sub.add_parser("config", help="print the resolved configuration as YAML")
     _config_args(cfg)

@@ -231,6 +231,10 @@ class MetricsConfig(Section):
     job: str = Field("influence_job", min_length=1, description="Pushgateway grouping label 'job'.")
     instance: str | None = Field(None, description="Pushgateway grouping label 'instance'; empty: the host name.",
                                  json_schema_extra={"default_text": "the host name"})
+    trace_step: int | None = Field(
+        None, ge=0, description="The training step of a trace's run (`influence-job trace` sets it, with instance "
+        "the trace's name): a Pushgateway grouping label 'step', so that each step keeps its own summary and the "
+        "dashboard counts a trace's finished and failed steps.")
 
 
 class OutputConfig(Section):

@@ -133,6 +133,11 @@ class JobMetrics:
             (self.directory / DONE_MARKER).touch()
 
 
+def pushgateway_url(cfg) -> str | None:
+    """Where a run's final figures go: metrics.pushgateway, else $INFLUENCE_PUSHGATEWAY, else nowhere."""
+    return cfg.metrics.pushgateway or os.environ.get("INFLUENCE_PUSHGATEWAY") or None
+
+
 def summary_gauges(results: Results | None, wall_seconds: float) -> dict[str, tuple[str, float]]:
     """The final figures a Pushgateway keeps for the nightly trends: name → (help, value)."""
     out = {
@@ -151,23 +156,35 @@ def summary_gauges(results: Results | None, wall_seconds: float) -> dict[str, tu
 
 
 def push_summary(url: str, results: Results | None, wall_seconds: float, job: str = PREFIX,
-                 instance: str | None = None) -> None:
-    """Push the final summary to a Pushgateway, grouped by job and instance; a failed push only warns."""
+                 instance: str | None = None, step: int | None = None) -> None:
+    """Push the final summary to a Pushgateway, grouped by job and instance (and a trace's step); a failed push only
+    warns."""
+    group = {"instance": instance or socket.gethostname(), **({"step": str(step)} if step is not None else {})}
+    _push(url, job, group, {f"{PREFIX}_{name}": value for name, value in summary_gauges(results, wall_seconds).items()})
+
+
+def push_trace_steps(url: str, steps: int, job: str, instance: str) -> None:
+    """A trace's number of steps, grouped by the trace (its instance): beside its steps' pushed summaries, the
+    dashboard's count of finished and failed steps."""
+    _push(url, job, {"instance": instance},
+          {f"{PREFIX}_trace_steps": ("Steps of the trace (its steps push their own run summaries).", float(steps))})
+
+
+def _push(url: str, job: str, group: dict[str, str], gauges: dict[str, tuple[str, float]]) -> None:
     from prometheus_client import CollectorRegistry, push_to_gateway
     from prometheus_client.core import GaugeMetricFamily
 
-    class Summary:
+    class Figures:
         """Yields the figures directly: no value store, so nothing lands in the multiprocess directory."""
 
         def collect(self):
-            for name, (doc, value) in summary_gauges(results, wall_seconds).items():
-                yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+            for name, (doc, value) in gauges.items():
+                yield GaugeMetricFamily(name, doc, value=value)
 
     registry = CollectorRegistry()
-    registry.register(Summary())
-    instance = instance or socket.gethostname()
+    registry.register(Figures())
     try:
-        push_to_gateway(url, job=job, registry=registry, grouping_key={"instance": instance}, timeout=10)
-        log.info("pushed final metrics to %s (job=%s, instance=%s)", url, job, instance)
+        push_to_gateway(url, job=job, registry=registry, grouping_key=group, timeout=10)
+        log.info("pushed metrics to %s (job=%s, %s)", url, job, ", ".join(f"{k}={v}" for k, v in group.items()))
     except OSError as exc:
         log.warning("could not push metrics to the Pushgateway at %s: %s", url, exc)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from influence_job.base.errors import InputError
 from influence_job.base.memory import peak_rss_bytes
 from influence_job.inputs.config import JobConfig
 from influence_job.inputs.data import Dataset, configured_dataset
@@ -28,9 +29,9 @@ from influence_job.maths.engine import make_layout
 from influence_job.monitoring.metrics import JobMetrics
 from influence_job.outputs.report import render_report
 from influence_job.outputs.report_html import render_html
-from influence_job.outputs.results import CheckpointInfo, Performance, Results
+from influence_job.outputs.results import CheckpointInfo, Performance, Results, read_results
 from influence_job.outputs.tables import influence_rows_table, parquet_bytes
-from influence_job.outputs.writing import check_target, npz_bytes, write_output_dir
+from influence_job.outputs.writing import check_target, is_own_output, npz_bytes, write_output_dir
 from influence_job.planning.estimate import similarity_layers
 from influence_job.planning.plan import make_plan
 from influence_job.planning.profiles import device_profile
@@ -275,6 +276,21 @@ def _write(run: Run, results: Results, similarity: dict[str, np.ndarray], rows: 
         })
     if not run.cfg.output.keep_checkpoint:
         run.store.remove()
+
+
+def matching_result(cfg: JobConfig) -> Results | None:
+    """The result output.dir already holds when it is this configuration's (the same fingerprint: settings that
+    change numbers, data records, model files, package version), else None. Reading it costs the data's tokenization
+    and a hash of the weight files, not a run."""
+    target = Path(cfg.output.dir)
+    if not (target / "results.json").is_file() or not is_own_output(target):
+        return None
+    try:
+        previous = read_results(target)
+        current = fingerprint(cfg, configured_dataset(cfg, open_model(cfg.model)))["run"]
+    except InputError:
+        return None  # unreadable, or from another version: computed again
+    return previous if previous.fingerprint.run == current else None
 
 
 def open_store(cfg: JobConfig, fp: dict | None, n_modules: int, fresh: bool, write: bool,

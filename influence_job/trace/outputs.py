@@ -41,10 +41,10 @@ def prepare_trace_dir(out_dir: Path) -> Path:
 
 
 def trace_of_outcomes(outcomes: list[StepOutcome]) -> Trace:
-    """The trace of steps this command ran or reused; a step's result is read back from its output."""
+    """The trace of a specification's steps, as this command ran, reused or collected them."""
     steps, results = [], []
     for o in outcomes:
-        r = read_results(o.output) if o.status != "failed" else None
+        r = o.results
         steps.append(TraceStep(step=o.step.step, label=str(o.step.step), model=str(o.step.model),
                                data=str(o.step.data), output=str(o.output), status=o.status, reason=o.reason,
                                validation_passed=None if r is None else r.validation.passed,

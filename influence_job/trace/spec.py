@@ -9,11 +9,13 @@ it, before anything runs. Relative paths are read from the specification file's 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from influence_job.base.errors import InputError
@@ -86,7 +88,17 @@ def _range(text: str) -> range:
     return range(start, stop + 1, every)
 
 
-def load_spec(path: Path, overrides: list[str] | None = None) -> tuple[JobConfig, list[Step]]:
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A specification read and checked: the steps' shared configuration, as a model and as the `--set` words a
+    cluster step's run is given, and the steps."""
+
+    job: JobConfig
+    words: str
+    steps: list[Step]
+
+
+def load_spec(path: Path, overrides: list[str] | None = None) -> LoadedSpec:
     """The shared job configuration (with ``--set`` overrides) and the expanded, checked steps."""
     path = Path(path)
     spec = validate_with_overrides(TraceSpec, read_yaml_mapping(path, "trace specification"), None, str(path),
@@ -96,7 +108,24 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> tuple[JobConfig
     steps = ([Step(s.step, base / s.model, base / s.data) for s in sorted(spec.steps, key=lambda s: s.step)]
              if spec.steps is not None else _expand(spec.pattern, base))
     _check(steps, path)
-    return job, steps
+    pairs = [f"{key}={text}" for key, text in _flat(spec.job)] + list(overrides or [])
+    spaced = [pair for pair in pairs if any(c.isspace() for c in pair)]
+    if spaced:
+        raise InputError(f"trace specification {path}: {spaced[0]!r} holds white space, which a cluster step's "
+                         "`--set KEY=VALUE` words cannot carry; give the value without spaces.")
+    return LoadedSpec(job, " ".join(f"--set {pair}" for pair in pairs), steps)
+
+
+def _flat(mapping: dict[str, Any], prefix: str = ""):
+    """(dotted key, the value as text the `--set` parser reads back as that value) of every leaf of the job
+    mapping: JSON (a subset of YAML), except a plain string YAML reads as itself."""
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            yield from _flat(value, f"{prefix}{key}.")
+        elif isinstance(value, str) and value and yaml.safe_load(value) == value:
+            yield f"{prefix}{key}", value
+        else:
+            yield f"{prefix}{key}", json.dumps(value, separators=(",", ":"))
 
 
 def _expand(pattern: StepPattern, base: Path) -> list[Step]:

@@ -47,12 +47,17 @@ def layout(tmp_path_factory):
 
 
 def test_a_pattern_expands_to_the_steps_it_names(layout):
-    _, steps = load_spec(write_spec(layout, job=JOB, pattern={**PATTERN, "steps": "100:300:100"}))
+    spec = load_spec(write_spec(layout, job=JOB, pattern={**PATTERN, "steps": "100:300:100"}), ["projection.seed=7"])
+    steps = spec.steps
     assert [s.step for s in steps] == [100, 200, 300]
     assert steps[1].model == layout / "ckpt/global_step_200/actor/huggingface"
     assert steps[1].data == layout / "rollouts/200.jsonl"
-    _, found = load_spec(write_spec(layout, job=JOB, pattern={**PATTERN, "steps": "all"}))
+    found = load_spec(write_spec(layout, job=JOB, pattern={**PATTERN, "steps": "all"})).steps
     assert [s.step for s in found] == [100, 200, 300]
+    # The shared configuration as the `--set` words a cluster step's run gets, read back to the same configuration.
+    assert spec.words == ("--set compute.device=cpu --set compute.micro_batch_tokens=40 "  # the file's order
+                          "--set model.attn_implementation=eager --set model.dtype=float64 --set projection.seed=7")
+    assert spec.job.projection.seed == 7 and spec.job.compute.micro_batch_tokens == 40
 
 
 def test_missing_checkpoints_and_batches_are_named_before_anything_runs(layout):
@@ -135,3 +140,44 @@ def test_a_trace_never_writes_into_a_directory_it_does_not_own(tmp_path, tiny_mo
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     assert main(["trace", "--gather", str(tmp_path / "run"), "--output", str(tmp_path / "mine")]) == 2
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_list_and_collect_are_the_cluster_fan_out_and_gather(layout, tmp_path):
+    """The cluster runs `trace --list` to expand the steps (withParam items), each step as a run in its own pod
+    writing to the item's `out`, then `trace --collect`: the same trace as a local one, failed steps named."""
+    spec = write_spec(layout, job=JOB, pattern={**PATTERN, "steps": "100:300:100"})
+    out, params = tmp_path / "trace", tmp_path / "params"
+    assert main(["trace", str(spec), "--output", str(out), "--list", str(params)]) == 0
+    items = json.loads((params / "steps").read_text())
+    assert (params / "count").read_text() == "3"
+    overrides = items[0]["overrides"]
+    assert {k: v for k, v in items[0].items() if k != "overrides"} == {"step": "100", "model": str(layout / "ckpt/global_step_100/actor/huggingface"),
+                        "dataset": str(layout / "rollouts/100.jsonl"), "out": str(out / "steps" / "100"),
+                        "checkpoint": str(out / "steps" / "100.ckpt")}
+    assert overrides.endswith("--set model.dtype=float64 --set metrics.instance=trace --set metrics.trace_step=100")
+    assert [p.name for p in out.iterdir()] == [".influence-job-trace"]  # checked and marked before any step runs
+    for item in items[:2]:  # the third step's pod "failed": no output
+        assert main(["run", "-q", "--reuse", "--set", "model.builtin=null", "--set", f"model.path={item['model']}",
+                     "--set", f"data.path={item['dataset']}", "--output", item["out"],
+                     *item["overrides"].split()]) == 0
+    assert main(["trace", str(spec), "--output", str(out), "--collect", "--outputs", str(params)]) == 1
+    trace = json.loads((out / "trace" / "trace.json").read_text())
+    assert [s["status"] for s in trace["steps"]] == ["gathered", "gathered", "failed"]
+    assert "no result" in trace["steps"][2]["reason"]
+    assert [(params / n).read_text() for n in ("steps", "failed", "failed-steps")] == ["3", "1", "300"]
+
+
+def test_run_reuse_skips_a_finished_output_with_the_same_fingerprint(tiny_model_dir, tiny_data, tmp_path, capsys):
+    words = ["--set", "model.builtin=null", "--set", f"model.path={tiny_model_dir}", "--set",
+             f"data.path={tiny_data}", "--set", "model.dtype=float64", "--set", "model.attn_implementation=eager",
+             "--output", str(tmp_path / "o")]
+    assert main(["run", "-q", *words]) == 0
+    before = (tmp_path / "o" / "results.json").read_bytes()
+    capsys.readouterr()
+    assert main(["run", "-q", "--reuse", *words]) == 0
+    assert "nothing to do (--reuse)" in capsys.readouterr().out
+    assert (tmp_path / "o" / "results.json").read_bytes() == before
+    # another setting that changes the numbers: computed again
+    assert main(["run", "-q", "--reuse", *words, "--set", "projection.factor=2"]) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    assert (tmp_path / "o" / "results.json").read_bytes() != before
