@@ -1,6 +1,6 @@
 """The Grafana dashboard, built with Grafana Labs' grafana-foundation-sdk (typed builders) from the metric names
 this package exports: the live metrics of a run (metrics.JobMetrics, served by the exporter sidecar), the
-headline figures a run pushes (outputs.headline) and the verdict `compare` pushes.
+headline figures a run pushes (outputs.headline), the verdict `compare` pushes, and a trace's size and steps.
 
     python helm/dashboard.py   # writes helm/influence-job/dashboards/influence-job.json
 
@@ -88,6 +88,22 @@ def _nightly_panels() -> list[tuple]:
     ]
 
 
+def _trace_panels() -> list[tuple]:
+    """Traces (influence-job trace, submit --trace): each trace's size and its steps' pushed summaries."""
+    m, steps = f"{PREFIX}_", f'{PREFIX}_run_success{{step!=""}}'
+    return [
+        ("bargauge", "Trace steps: passed, failed and in all", "short", 12,
+         "Per trace (instance): its steps in all, the steps that finished and passed validation, and those that "
+         "failed or failed validation (each step pushes its run's summary, grouped by trace and step).",
+         [(f"max by (instance) ({m}trace_steps)", "{{instance}} steps"),
+          (f"count by (instance) ({steps} == 1)", "{{instance}} passed"),
+          (f"count by (instance) ({steps} == 0)", "{{instance}} failed")]),
+        ("bargauge", "Trace: HINV acc-rej per-prompt cosine per step", "short", 12,
+         "The headline figure of each finished step (trace.html draws every statistic over the steps).",
+         [(f'{_gauge("similarity.hinv.per_prompt.acc-rej.cos.mean")}{{step!=""}}', "{{instance}} step {{step}}")]),
+    ]
+
+
 def build() -> dict:
     """The dashboard as Grafana's JSON model."""
     from grafana_foundation_sdk.builders import bargauge, gauge, piechart, prometheus, stat, statetimeline, timeseries
@@ -104,7 +120,8 @@ def build() -> dict:
              .with_variable(dash.DatasourceVariable("datasource").label("Data source").type("prometheus")))
     ids = iter(range(1, 100))
     rows = (("Live run (metrics sidecar)", _live_panels()),
-            ("Nightly regression run (Pushgateway, instance influence-nightly)", _nightly_panels()))
+            ("Nightly regression run (Pushgateway, instance influence-nightly)", _nightly_panels()),
+            ("Traces (Pushgateway, one instance per trace)", _trace_panels()))
     for title, panels in rows:
         board = board.with_row(dash.Row(title).id(next(ids)))
         for kind, name, unit, width, description, queries in panels:

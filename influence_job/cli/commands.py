@@ -281,7 +281,8 @@ def _cluster(args) -> int:
     if args.run_overrides is not None:
         check_run_words(args.run_overrides, args.model or settings.model, args.dataset or settings.dataset,
                         "submit --run-set")
-    workflow = build_submission(settings, args.model, args.dataset, args.run_overrides)
+    workflow = (_trace_submission(settings, args) if args.trace is not None
+                else build_submission(settings, args.model, args.dataset, args.run_overrides))
     kube = None
     if not args.no_preflight:
         try:
@@ -294,6 +295,23 @@ def _cluster(args) -> int:
     timeout = args.timeout if args.timeout is not None else settings.workflow_deadline_seconds + 900
     return submit(workflow, args.argo_server, args.namespace, args.token_env, args.insecure, args.wait,
                   args.poll_seconds, timeout, kube)
+
+
+def _trace_submission(settings, args):
+    """The trace's Workflow: its specification checked here as far as it can be without the cluster's files."""
+    import re
+
+    from influence_job.cluster.workflows import build_trace_submission
+    from influence_job.trace.spec import cluster_spec
+
+    if args.model or args.dataset:
+        raise InputError("submit --trace takes each step's model and data from the specification; drop --model and "
+                         "--dataset.")
+    name = args.trace_name or re.sub(r"[^a-z0-9-]+", "-", args.trace.stem.lower()).strip("-")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name or ""):
+        raise InputError(f"--trace-name {name!r}: use lower-case letters, digits and '-' (it names a directory and "
+                         "a metrics instance), e.g. --trace-name grpo-run-7.")
+    return build_trace_submission(settings, cluster_spec(args.trace), name, args.run_overrides)
 
 
 def resolve(args):

@@ -136,6 +136,14 @@ def _cluster_commands(sub) -> None:
                         "starts N ranks (default: the settings' gpus, 8)")
     submit.add_argument("--run-set", dest="run_overrides", metavar="WORDS",
                         help="extra `--set KEY=VALUE` words for the run, e.g. \"--set projection.factor=16\"")
+    submit.add_argument("--trace", type=Path, metavar="SPEC",
+                        help="submit an influence trace instead of one run: the specification's steps fan out over "
+                        "the GPU pool (trace_parallelism at once), each a run; its paths must be absolute, as the "
+                        "pods see them (docs/operations.md, Traces)")
+    submit.add_argument("--trace-name", metavar="NAME",
+                        help="the trace's directory on the results volume, /results/traces/NAME, and its metrics "
+                        "instance; resubmitting the same name reuses the steps already done (default: the "
+                        "specification's file name)")
 
     pre = sub.add_parser("preflight", help="check that the cluster has what a run needs: the WorkflowTemplate, "
                          "bound data and results PVCs, the Argo token Secret, a node with the GPUs",

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from influence_job.base.errors import InputError
 from influence_job.cluster.kube import api_errors, explain_api_error
+from influence_job.cluster.pods import GPU_RESOURCE
 from influence_job.cluster.settings import ClusterSettings
-from influence_job.cluster.workflows import GPU_RESOURCE
 
 FIX_403 = ("Use the chart's submitter account (Role influence-job-submitter and ClusterRole "
            "influence-job-preflight), or pass --no-preflight to submit without these checks.")

@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 from influence_job.base.errors import InputError
+from influence_job.cluster.pods import FAILED_CHECKS
 from influence_job.cluster.status import Verdict, publish_status
-from influence_job.cluster.workflows import FAILED_CHECKS
 from influence_job.outputs.headline import HEADLINE
 from influence_job.outputs.results import read_results
 

@@ -132,6 +132,10 @@ class ClusterSettings(SettingsModel):
     retry_backoff: str = Field("1m", pattern=r"^[0-9]+(s|m|h)$", description="Wait before the first retry.")
     retry_backoff_max: str = Field("30m", pattern=r"^[0-9]+(s|m|h)$",
                                    description="Longest wait between retries (the wait doubles each time).")
+    trace_parallelism: int = Field(
+        4, ge=1, le=256,
+        description="Steps of an influence trace (`submit --trace`) that run at once, each a run pod with `gpus` "
+        "GPUs: a trace does not take the whole pool.")
     workflow_deadline_seconds: int = Field(
         43200, ge=60, description="activeDeadlineSeconds of the whole workflow (retries and publish included).")
     pod_gc_strategy: str = Field(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from influence_job.cluster.kube import api_errors, explain_api_error
-from influence_job.cluster.workflows import LABELS
+from influence_job.cluster.pods import LABELS
 
 ARGO_GROUP, ARGO_VERSION = "argoproj.io", "v1alpha1"
 VALIDATION_LABEL = "influence-job/validation"

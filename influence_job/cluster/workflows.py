@@ -4,257 +4,42 @@
 WorkflowTemplate ``influence-diagnostic``: entrypoint ``main`` = step ``run`` (one GPU pod, torchrun, a
 metrics sidecar; continues on failure so that) step ``publish`` always reads the results, exposes the key
 figures as global output parameters and the report as an artifact, and fails the workflow when the
-validation failed or no result was written. CronWorkflow ``influence-nightly`` runs ``main`` through a
+validation failed or no result was written. Entrypoint ``trace`` (trace_workflow.py) runs an influence trace: the
+same run template once per training step, fanned out. CronWorkflow ``influence-nightly`` runs ``main`` through a
 templateRef on pinned inputs, then optionally ``influence-job compare`` against a stored baseline.
 """
 
 from __future__ import annotations
 
-import json
-
-from hera.workflows import (
-    Container,
-    CronWorkflow,
-    Parameter,
-    Step,
-    Steps,
-    UserContainer,
-    Workflow,
-    WorkflowTemplate,
-)
+from hera.workflows import Container, CronWorkflow, Parameter, Step, Steps, Workflow, WorkflowTemplate
 from hera.workflows import models as m
 
-from influence_job.base.exit_codes import TRANSIENT
-from influence_job.cluster.settings import ClusterSettings
-from influence_job.outputs.headline import PUBLISHED
-
-LABELS = {"app.kubernetes.io/name": "influence-job", "app.kubernetes.io/part-of": "influence-job"}
-RESULTS_DIR = "/results/{{workflow.name}}"
-# Keyed by the workflow, not the pod: a retried pod of the same workflow finds it and resumes.
-CHECKPOINT_DIR = "/results/{{workflow.name}}.ckpt"
-OUTPUTS_DIR = "/tmp/outputs"
-METRICS_DIR = "/metrics"
-CONFIG_FILE = "/etc/influence-job/config.yaml"
-# Written by publish itself, not looked up in results.json: the names of the failed checks, comma-separated.
-FAILED_CHECKS = "failed-checks"
-# When Argo retries the run step (retryPolicy Always + this expression; a retry resumes from the checkpoint):
-# - an Error (the pod was deleted: API eviction, preemption, drain, node loss) — always transient;
-# - a Failure with no exit code (Argo passes "-1"): the container never ran or never reported, so the job itself
-#   decided nothing — the node rejected the pod at admission ("Pod was rejected: ...", e.g. the GPU device plugin
-#   not ready yet) or it failed before start with no message at all; the retry limit bounds the attempts;
-# - a Failure with a transient exit code (exit_codes.TRANSIENT: 137 SIGKILL, the OOM killer, a kubelet kill; 143
-#   SIGTERM before the pod was gone; 3 a torchrun rank died or timed out: NCCL errors and lost GPUs are usually
-#   transient), or whose message says
-#   the kubelet evicted it, the node went away or rejected the pod;
-# - never exit 1 (validation failed), 2 (bad input) or 4 (a bug): those are deterministic.
-# Argo passes lastRetry.exitCode as a string.
-_RETRIED_CODES = ", ".join(f'"{c}"' for c in ("-1", *map(int, TRANSIENT)))  # as strings, as Argo passes them
-RETRY_EXPRESSION = (
-    f'lastRetry.status == "Error" || (lastRetry.status == "Failed" && (lastRetry.exitCode in [{_RETRIED_CODES}] '
-    '|| lastRetry.message matches "(?i)(evict|low on resource|preempt|node .*(lost|shutdown)|rejected)"))'
+from influence_job.cluster.pods import (
+    CHECKPOINT_DIR,
+    LABELS,
+    OUTPUTS_DIR,
+    RESULTS_DIR,
+    RUN_INPUTS,
+    container_security,
+    inp,
+    pod_security,
+    publish_template,
+    run_template,
+    small_resources,
+    volumes,
+    writable,
 )
-RUN_INPUTS = ("image", "model", "dataset", "overrides", "gpus", "gpu-product")
-GPU_RESOURCE = "nvidia.com/gpu"
-
-RUN_SCRIPT = f"""set -eu
-config=""
-if [ -f {CONFIG_FILE} ]; then config="--config {CONFIG_FILE}"; fi
-# $config and $OVERRIDES are split into words on purpose: OVERRIDES holds `--set KEY=VALUE` words.
-# torchrun runs as a child so that this shell can (1) pass SIGTERM on (eviction) and report it as exit 143,
-# which the retry expression retries, and (2) after a normal end, keep the pod up one metrics scrape
-# interval so that Prometheus scrapes the sidecar's final values before Argo stops the sidecar with it.
-stopped="" pid=""
-trap 'stopped=1; [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null || true' TERM INT
-torchrun --nproc-per-node "$GPUS" --no-python influence-job run $config \\
-  --set model.builtin=null --set "model.path=$MODEL" --set "data.path=$DATASET" --output "$OUT" \\
-  --set "output.checkpoint_dir=$CHECKPOINT" $OVERRIDES &
-pid=$!
-status=0
-while :; do
-  if wait "$pid"; then status=0; else status=$?; fi
-  kill -0 "$pid" 2>/dev/null || break  # still running: a trapped signal interrupted the wait
-done
-if [ -n "$stopped" ]; then exit 143; fi
-sleep "$METRICS_LINGER_SECONDS"
-exit "$status"
-"""
-
-
-def _inp(name: str) -> str:
-    return "{{inputs.parameters.%s}}" % name
-
-
-# With a read-only root file system, /tmp is the one writable place: HOME and the caches live under it.
-WRITABLE_ENV = {"HOME": "/tmp/home", "XDG_CACHE_HOME": "/tmp/cache", "HF_HOME": "/tmp/cache/huggingface",
-                "TRITON_CACHE_DIR": "/tmp/cache/triton", "TORCHINDUCTOR_CACHE_DIR": "/tmp/cache/inductor",
-                "MPLCONFIGDIR": "/tmp/cache/matplotlib"}
-
-
-def pod_security(s: ClusterSettings) -> m.PodSecurityContext:
-    """The pods' security context (built unvalidated: the chart generator passes sentinels for its values)."""
-    sec = s.security
-    return m.PodSecurityContext.model_construct(
-        run_as_non_root=sec.run_as_non_root, run_as_user=sec.run_as_user, run_as_group=sec.run_as_group,
-        fs_group=sec.fs_group, fs_group_change_policy=sec.fs_group_change_policy,
-        seccomp_profile=m.SeccompProfile.model_construct(type=sec.seccomp_profile),
-    )
-
-
-def container_security(s: ClusterSettings) -> m.SecurityContext:
-    sec = s.security
-    return m.SecurityContext.model_construct(
-        allow_privilege_escalation=sec.allow_privilege_escalation,
-        read_only_root_filesystem=sec.read_only_root_filesystem,
-        capabilities=m.Capabilities(drop=["ALL"]),
-    )
-
-
-def writable(env: list[m.EnvVar] | None = None, mounts: list[m.VolumeMount] | None = None) -> dict:
-    """Container keywords that give it the writable /tmp (env HOME and caches under it)."""
-    return {
-        "env": [*(env or []), *(m.EnvVar(name=k, value=v) for k, v in WRITABLE_ENV.items())],
-        "volume_mounts": [*(mounts or []), m.VolumeMount(name="tmp", mount_path="/tmp")],
-    }
-
-
-def volumes(s: ClusterSettings) -> list[m.Volume]:
-    return [
-        m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource()),
-        m.Volume(name="dshm", empty_dir=m.EmptyDirVolumeSource(medium="Memory", size_limit=s.shm_size)),
-        m.Volume(name="data", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
-            claim_name=s.data_claim, read_only=True)),
-        m.Volume(name="results", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
-            claim_name=s.results_claim)),
-        m.Volume(name="metrics", empty_dir=m.EmptyDirVolumeSource()),
-        m.Volume(name="config", config_map=m.ConfigMapVolumeSource(name=s.config_map, optional=True)),
-    ]
-
-
-def _argo_metrics(prefix: str, extra: list[m.Prometheus] = ()) -> m.Metrics:
-    return m.Metrics(prometheus=[
-        m.Prometheus(name=f"influence_job_{prefix}_duration_seconds", help=f"Duration of the {prefix} step.",
-                     gauge=m.Gauge(realtime=True, value="{{duration}}")),
-        m.Prometheus(name=f"influence_job_{prefix}_result_total", help=f"Finished {prefix} steps by status.",
-                     labels=[m.MetricLabel(key="status", value="{{status}}")],
-                     counter=m.Counter(value="1")),
-        *extra,
-    ])
-
-
-def _small_resources() -> m.ResourceRequirements:
-    """Requests of the light containers (sidecar, publish, compare)."""
-    return m.ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"})
-
-
-def gpu_patch() -> str:
-    """The run pod's GPU count as a podSpecPatch (Argo's documented way to parameterise a field that is not a
-    string). A resource quantity in the container itself cannot hold ``{{inputs.parameters.gpus}}``: Argo decodes
-    a template into Kubernetes' types before it substitutes parameters, and a quantity must parse then. The patch
-    is a string; Argo substitutes the parameter into it and merges it into the pod's ``main`` container (Argo's
-    name for a template's container), so requests, limits and torchrun's ``--nproc-per-node`` read one value."""
-    gpus = {GPU_RESOURCE: _inp("gpus")}
-    return json.dumps({"containers": [{"name": "main", "resources": {"requests": gpus, "limits": gpus}}]})
-
-
-def _run_template(s: ClusterSettings) -> Container:
-    port = s.metrics_port
-    sidecar = UserContainer(
-        name="metrics",
-        image=_inp("image"),
-        image_pull_policy=s.image_pull_policy,
-        command=["influence-job", "exporter", "--dir", METRICS_DIR, "--port", str(port)],
-        ports=[m.ContainerPort(container_port=port, name="metrics")],
-        # The sidecar requests no GPU and must see none (CUDA images set NVIDIA_VISIBLE_DEVICES=all, which would
-        # show it every GPU of the node): the ranks report their own GPUs' memory through the metrics directory.
-        **writable(env=[m.EnvVar(name="NVIDIA_VISIBLE_DEVICES", value="void")],
-                   mounts=[m.VolumeMount(name="metrics", mount_path=METRICS_DIR)]),
-        resources=_small_resources(),
-        security_context=container_security(s),
-    )
-    return Container(
-        name="run",
-        image=_inp("image"),
-        image_pull_policy=s.image_pull_policy,
-        command=["sh", "-c", RUN_SCRIPT],
-        inputs=[Parameter(name=n) for n in RUN_INPUTS],
-        **writable(env=[
-            m.EnvVar(name="MODEL", value=_inp("model")),
-            m.EnvVar(name="DATASET", value=_inp("dataset")),
-            m.EnvVar(name="OVERRIDES", value=_inp("overrides")),
-            m.EnvVar(name="GPUS", value=_inp("gpus")),
-            m.EnvVar(name="OUT", value=RESULTS_DIR),
-            m.EnvVar(name="CHECKPOINT", value=CHECKPOINT_DIR),
-            m.EnvVar(name="PROMETHEUS_MULTIPROC_DIR", value=METRICS_DIR),
-            m.EnvVar(name="INFLUENCE_PUSHGATEWAY", value=s.pushgateway),
-            m.EnvVar(name="NCCL_DEBUG", value=s.nccl_debug),
-            m.EnvVar(name="TORCH_NCCL_ASYNC_ERROR_HANDLING", value="1"),  # a failed collective ends the ranks
-            m.EnvVar(name="OMP_NUM_THREADS", value=str(s.omp_num_threads)),
-            m.EnvVar(name="METRICS_LINGER_SECONDS", value=str(s.metrics_linger_seconds)),
-        ], mounts=[
-            m.VolumeMount(name="dshm", mount_path="/dev/shm"),
-            m.VolumeMount(name="data", mount_path="/data", read_only=True),
-            m.VolumeMount(name="results", mount_path="/results"),
-            m.VolumeMount(name="metrics", mount_path=METRICS_DIR),
-            m.VolumeMount(name="config", mount_path="/etc/influence-job", read_only=True),
-        ]),
-        security_context=container_security(s),
-        resources=m.ResourceRequirements(requests={"cpu": s.cpu, "memory": s.memory}, limits={"memory": s.memory}),
-        pod_spec_patch=gpu_patch(),
-        node_selector={s.gpu_product_label: _inp("gpu-product")},
-        tolerations=[m.Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
-        retry_strategy=m.RetryStrategy(
-            limit=s.retry_limit, retry_policy="Always", expression=RETRY_EXPRESSION,
-            backoff=m.Backoff(duration=s.retry_backoff, factor=2, max_duration=s.retry_backoff_max),
-        ),
-        active_deadline_seconds=s.active_deadline_seconds,
-        sidecars=[sidecar],
-        labels={**LABELS, "app.kubernetes.io/component": "run"},
-        metrics=_argo_metrics("run"),
-    )
-
-
-def _publish_template(s: ClusterSettings) -> Container:
-    rows = m.Prometheus(
-        name="influence_job_rows_emitted", help="Token-influence rows the last run emitted.",
-        gauge=m.Gauge(realtime=False, value="{{outputs.parameters.rows-emitted}}"),
-        when="{{status}} == Succeeded",
-    )
-    return Container(
-        name="publish",
-        image=_inp("image"),
-        image_pull_policy=s.image_pull_policy,
-        command=["influence-job", "publish", "--results", RESULTS_DIR, "--out", OUTPUTS_DIR,
-                 "--run-status", _inp("run-status"), "--run-exit-code", _inp("run-exit-code"),
-                 "--workflow", "{{workflow.name}}", "--workflow-uid", "{{workflow.uid}}",
-                 "--namespace", "{{workflow.namespace}}", "--results-claim", s.results_claim],
-        inputs=[Parameter(name="image"), Parameter(name="run-status"), Parameter(name="run-exit-code")],
-        **writable(mounts=[m.VolumeMount(name="results", mount_path="/results", read_only=True)]),
-        security_context=container_security(s),
-        resources=_small_resources(),
-        # The one step that calls the API (the status: cluster.status), as the account allowed exactly that.
-        service_account_name=s.publisher_service_account,
-        automount_service_account_token=True,
-        outputs=m.Outputs(
-            parameters=[
-                m.Parameter(name=name, global_name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}"))
-                for name in (*PUBLISHED, FAILED_CHECKS)
-            ],
-            artifacts=[m.Artifact(name="report", path=f"{OUTPUTS_DIR}/report.md", archive=m.ArchiveStrategy(none={})),
-                       m.Artifact(name="report-html", path=f"{OUTPUTS_DIR}/report.html",
-                                  archive=m.ArchiveStrategy(none={}))]
-            if s.artifact_repository.config_map else None,
-        ),
-        labels={**LABELS, "app.kubernetes.io/component": "publish"},
-        metrics=_argo_metrics("publish", [rows]),
-    )
+from influence_job.cluster.settings import ClusterSettings
+from influence_job.cluster.trace_workflow import trace_steps
 
 
 def _main_steps(run: Container, publish: Container) -> Steps:
     with Steps(name="main", inputs=[Parameter(name=n) for n in RUN_INPUTS]) as steps:
         # Failed (non-zero exit) and Errored (pod deleted, evicted) alike go on to publish, which is told how the
         # run ended: a stale passing results.json from an earlier attempt must not make the workflow pass.
-        run(arguments={n: _inp(n) for n in RUN_INPUTS}, continue_on=m.ContinueOn(failed=True, error=True))
-        publish(arguments={"image": _inp("image"), "run-status": "{{steps.run.status}}",
+        run(arguments={**{n: inp(n) for n in RUN_INPUTS}, "out": RESULTS_DIR, "checkpoint": CHECKPOINT_DIR},
+            continue_on=m.ContinueOn(failed=True, error=True))
+        publish(arguments={"image": inp("image"), "run-status": "{{steps.run.status}}",
                            "run-exit-code": "{{steps.run.exitCode}}"})
     return steps
 
@@ -282,6 +67,10 @@ def run_arguments(s: ClusterSettings, model: str, dataset: str, overrides: str) 
     return [Parameter(name=k, value=v) for k, v in values.items()]
 
 
+def trace_arguments(spec: str, trace_name: str) -> list[Parameter]:
+    return [Parameter(name="spec", value=spec), Parameter(name="trace-name", value=trace_name)]
+
+
 def build_workflow_template(s: ClusterSettings) -> WorkflowTemplate:
     with WorkflowTemplate(
         name=s.name,
@@ -289,7 +78,8 @@ def build_workflow_template(s: ClusterSettings) -> WorkflowTemplate:
         labels=LABELS,
         entrypoint="main",
         service_account_name=s.service_account,
-        arguments=run_arguments(s, s.model, s.dataset, s.overrides),
+        # The trace entrypoint's arguments too: declared, so that every parameter a template reads exists.
+        arguments=run_arguments(s, s.model, s.dataset, s.overrides) + trace_arguments("", "trace"),
         **workflow_options(s),
         active_deadline_seconds=s.workflow_deadline_seconds,
         pod_gc=m.PodGC(strategy=s.pod_gc_strategy),
@@ -304,7 +94,9 @@ def build_workflow_template(s: ClusterSettings) -> WorkflowTemplate:
                          gauge=m.Gauge(realtime=False, value="{{workflow.duration}}")),
         ]),
     ) as wt:
-        _main_steps(_run_template(s), _publish_template(s))
+        run = run_template(s)
+        _main_steps(run, publish_template(s))
+        trace_steps(s, run)
     return wt
 
 
@@ -313,15 +105,15 @@ def build_cron_workflow(s: ClusterSettings) -> CronWorkflow:
     compare_dir = f"{RESULTS_DIR}.compare"  # the table stays on the results volume beside the run
     compare = Container(
         name="compare",
-        image=_inp("image"),
+        image=inp("image"),
         image_pull_policy=s.image_pull_policy,
-        command=["influence-job", "compare", _inp("baseline"), RESULTS_DIR, "--promote-if-missing",
+        command=["influence-job", "compare", inp("baseline"), RESULTS_DIR, "--promote-if-missing",
                  "--outputs", OUTPUTS_DIR, "--outputs", compare_dir, "--instance", n.instance],
         inputs=[Parameter(name="image"), Parameter(name="baseline")],
         **writable(env=[m.EnvVar(name="INFLUENCE_PUSHGATEWAY", value=s.pushgateway)],
                    mounts=[m.VolumeMount(name="results", mount_path="/results")]),  # promotes the first baseline
         security_context=container_security(s),
-        resources=_small_resources(),
+        resources=small_resources(),
         outputs=m.Outputs(parameters=[
             m.Parameter(name=name, global_name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}"))
             for name in ("verdict", "regressions", "comparable")
@@ -349,8 +141,8 @@ def build_cron_workflow(s: ClusterSettings) -> CronWorkflow:
     ) as cron:
         with Steps(name="nightly", inputs=[Parameter(name=p) for p in (*RUN_INPUTS, "compare", "baseline")]):
             Step(name="diagnostic", template_ref=m.TemplateRef(name=s.name, template="main"),
-                 arguments={p: _inp(p) for p in RUN_INPUTS})
-            compare(arguments={"image": _inp("image"), "baseline": _inp("baseline")},
+                 arguments={p: inp(p) for p in RUN_INPUTS})
+            compare(arguments={"image": inp("image"), "baseline": inp("baseline")},
                     when="{{inputs.parameters.compare}} == true")
     return cron
 
@@ -365,6 +157,19 @@ def build_submission(s: ClusterSettings, model: str | None = None, dataset: str 
         workflow_template_ref=m.WorkflowTemplateRef(name=s.name),
         arguments=run_arguments(s, model or s.model, dataset or s.dataset,
                                 s.overrides if overrides is None else overrides),
+    )
+
+
+def build_trace_submission(s: ClusterSettings, spec: str, trace_name: str, overrides: str | None = None) -> Workflow:
+    """A Workflow that runs the installed WorkflowTemplate's ``trace`` entrypoint on this specification's text."""
+    return Workflow(
+        generate_name=f"{s.name}-trace-",
+        namespace=s.namespace,
+        labels={**LABELS, "app.kubernetes.io/component": "trace"},
+        workflow_template_ref=m.WorkflowTemplateRef(name=s.name),
+        entrypoint="trace",
+        arguments=run_arguments(s, s.model, s.dataset, s.overrides if overrides is None else overrides)
+        + trace_arguments(spec, trace_name),
     )
 
 

@@ -101,19 +101,41 @@ class LoadedSpec:
 def load_spec(path: Path, overrides: list[str] | None = None) -> LoadedSpec:
     """The shared job configuration (with ``--set`` overrides) and the expanded, checked steps."""
     path = Path(path)
-    spec = validate_with_overrides(TraceSpec, read_yaml_mapping(path, "trace specification"), None, str(path),
-                                   docs=DOCS, what="trace specification")
-    job = validate_with_overrides(JobConfig, dict(spec.job), overrides, f"{path}: job")
+    spec, job, words = _read(path, overrides)
     base = path.resolve().parent
     steps = ([Step(s.step, base / s.model, base / s.data) for s in sorted(spec.steps, key=lambda s: s.step)]
              if spec.steps is not None else _expand(spec.pattern, base))
     _check(steps, path)
+    return LoadedSpec(job, words, steps)
+
+
+def cluster_spec(path: Path, overrides: list[str] | None = None) -> str:
+    """The specification's text for a trace on the cluster, checked here as far as it can be without the cluster's
+    files (those are checked in the trace's first pod): its fields, the job configuration and its `--set` words,
+    and absolute paths (the pod reads the specification from a file of its own, so a relative path has no base)."""
+    path = Path(path)
+    spec, _, _ = _read(path, overrides)
+    fields = ("model", "data")
+    paths = ([(f"pattern.{n}", getattr(spec.pattern, n)) for n in fields] if spec.pattern is not None
+             else [(f"steps[{k}].{n}", str(getattr(s, n))) for k, s in enumerate(spec.steps) for n in fields])
+    relative = [f"{where} ({value})" for where, value in paths if not value.startswith("/")]
+    if relative:
+        raise InputError(f"trace specification {path}: {relative[0]} is relative; a trace on the cluster needs "
+                         "absolute paths in its pods (e.g. /data/checkpoints/global_step_{step}/actor/huggingface).")
+    return path.read_text()
+
+
+def _read(path: Path, overrides: list[str] | None) -> tuple[TraceSpec, JobConfig, str]:
+    """The specification validated, its job configuration, and that configuration as `--set` words."""
+    spec = validate_with_overrides(TraceSpec, read_yaml_mapping(path, "trace specification"), None, str(path),
+                                   docs=DOCS, what="trace specification")
+    job = validate_with_overrides(JobConfig, dict(spec.job), overrides, f"{path}: job")
     pairs = [f"{key}={text}" for key, text in _flat(spec.job)] + list(overrides or [])
     spaced = [pair for pair in pairs if any(c.isspace() for c in pair)]
     if spaced:
         raise InputError(f"trace specification {path}: {spaced[0]!r} holds white space, which a cluster step's "
                          "`--set KEY=VALUE` words cannot carry; give the value without spaces.")
-    return LoadedSpec(job, " ".join(f"--set {pair}" for pair in pairs), steps)
+    return spec, job, " ".join(f"--set {pair}" for pair in pairs)
 
 
 def _flat(mapping: dict[str, Any], prefix: str = ""):

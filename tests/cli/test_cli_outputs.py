@@ -187,7 +187,7 @@ def test_exit_codes_have_one_definition_that_help_readme_and_the_retry_expressio
     """influence_job/base/exit_codes.py is the one home of the exit codes: README's table is its output, `--help` lists
     them, and the cluster retries exactly its transient codes (and an attempt without one, "-1")."""
     from influence_job.base.exit_codes import TRANSIENT, ExitCode, table
-    from influence_job.cluster.workflows import RETRY_EXPRESSION
+    from influence_job.cluster.pods import RETRY_EXPRESSION
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert table() in readme

@@ -8,6 +8,7 @@ import ipaddress
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import helm_python as helm
@@ -238,12 +239,15 @@ def test_run_script_keeps_the_checkpoint_with_the_workflow(tmp_path):
     (what a retried pod of the same workflow sees), not by the pod."""
     wt = hera_docs(ClusterSettings())[0]
     run = next(t for t in wt["spec"]["templates"] if t["name"] == "run")
-    values = {"workflow.name": "influence-diagnostic-x7k2p", "inputs.parameters.gpus": "8",
+    main_run = next(t for t in wt["spec"]["templates"] if t["name"] == "main")["steps"][0][0]
+    places = {f"inputs.parameters.{p['name']}": p["value"] for p in main_run["arguments"]["parameters"]
+              if p["name"] in ("out", "checkpoint")}  # what main gives the run template
+    values = {**places, "workflow.name": "influence-diagnostic-x7k2p", "inputs.parameters.gpus": "8",
               "inputs.parameters.model": "/data/m", "inputs.parameters.dataset": "/data/d.jsonl",
               "inputs.parameters.overrides": "--set projection.factor=16"}
 
     def substitute(text: str) -> str:
-        for key, value in values.items():
+        for key, value in values.items():  # the run's places first: they hold {{workflow.name}}
             text = text.replace("{{%s}}" % key, value)
         return text
 
@@ -313,7 +317,7 @@ def evaluate_retry(expression: str, status: str, exit_code: str, message: str) -
     ("Error", "-1", "node lost", True),
 ])
 def test_retry_expression_retries_interruptions_and_not_failures(status, exit_code, message, retried):
-    from influence_job.cluster.workflows import RETRY_EXPRESSION
+    from influence_job.cluster.pods import RETRY_EXPRESSION
 
     run = next(t for t in hera_docs(ClusterSettings())[0]["spec"]["templates"] if t["name"] == "run")
     assert run["retryStrategy"]["expression"] == RETRY_EXPRESSION
@@ -625,3 +629,75 @@ def test_network_policy_follows_the_values():
     assert allowed(policy, "ingress", {"namespace": "obs", "labels": {}, "port": 9500})
     assert not allowed(policy, "ingress", {"namespace": "monitoring", "labels": {}, "port": 9500})
     assert not [d for d in render_chart({"networkPolicy": {"enabled": False}}) if d["kind"] == "NetworkPolicy"]
+
+
+def test_trace_entrypoint_fans_the_run_template_out_and_gathers_after_all():
+    s = ClusterSettings(trace_parallelism=3)
+    wt = hera_docs(s)[0]
+    templates = {t["name"]: t for t in wt["spec"]["templates"]}
+    trace = templates["trace"]
+    assert trace["parallelism"] == 3  # a trace never takes more than this many pods of the pool
+    (expand,), (step,), (gather,) = trace["steps"]
+    assert (expand["template"], step["template"], gather["template"]) == ("expand", "run", "gather")
+    assert step["withParam"] == "{{steps.expand.outputs.parameters.steps}}"
+    assert step["continueOn"] == {"failed": True, "error": True}  # a failed step stops neither others nor gather
+    assert "when" not in gather
+    args = {p["name"]: p["value"] for p in step["arguments"]["parameters"]}
+    assert args["out"] == "{{item.out}}" and args["model"] == "{{item.model}}"
+    assert args["overrides"].endswith("{{inputs.parameters.overrides}}")  # the submitter's words come last
+    # the run template is main's: the same retries, sidecar and metrics
+    main_run = templates["main"]["steps"][0][0]
+    assert main_run["template"] == "run"
+    main_args = {p["name"]: p["value"] for p in main_run["arguments"]["parameters"]}
+    assert main_args["out"] == "/results/{{workflow.name}}"
+    declared = {p["name"] for p in wt["spec"]["arguments"]["parameters"]}
+    assert {p["name"] for p in trace["inputs"]["parameters"]} <= declared  # every entrypoint input has a value
+    assert {p["globalName"] for p in templates["gather"]["outputs"]["parameters"]} == {
+        "trace-steps", "trace-failed", "trace-failed-steps"}
+
+
+def test_trace_pods_scripts_run_a_trace_end_to_end(tmp_path, tiny_model_dir, tiny_data):
+    """The expand, run and gather containers' own scripts under sh, as Argo would run them after substituting the
+    parameters (each item of expand's list into the run template's inputs), with a stand-in `torchrun` that runs its
+    command in one process: the trace the gather step writes holds every step, a missing batch is named."""
+    from conftest import save_tiny_model
+
+    wt = hera_docs(ClusterSettings())[0]
+    templates = {t["name"]: t for t in wt["spec"]["templates"]}
+    for n in (1, 2):
+        save_tiny_model(tmp_path / f"ckpt/{n}", seed=n)
+        (tmp_path / f"data-{n}.jsonl").write_bytes(tiny_data.read_bytes())
+    (tmp_path / "data-2.jsonl").write_text('{"prompt_id": "a", "prompt": "x", "responses": []}\n')  # a bad batch
+    spec = (f"job: {{model: {{dtype: float64}}, compute: {{micro_batch_tokens: 40}}}}\n"
+            f"pattern: {{model: '{tmp_path}/ckpt/{{step}}', data: '{tmp_path}/data-{{step}}.jsonl', steps: all}}\n")
+    outputs, trace_dir = tmp_path / "outputs", tmp_path / "traces" / "t1"
+    (tmp_path / "torchrun").write_text('#!/bin/sh\nshift 3\nexec "$@"\n')  # drop --nproc-per-node N --no-python
+    (tmp_path / "torchrun").chmod(0o755)
+    path = f"{tmp_path}:{Path(sys.executable).parent}:/usr/bin:/bin"
+
+    def pod(template: dict, params: dict) -> subprocess.CompletedProcess:
+        def sub(text: str) -> str:
+            for key, value in params.items():
+                text = text.replace("{{inputs.parameters.%s}}" % key, value)
+            text = text.replace("/results/traces/", f"{tmp_path}/traces/")
+            return text.replace("/tmp/outputs", str(outputs)).replace("/tmp/spec.yaml", str(tmp_path / "spec.yaml"))
+
+        env = {e["name"]: sub(e.get("value", "")) for e in template["container"]["env"]}
+        env.update(PATH=path, METRICS_LINGER_SECONDS="0", INFLUENCE_PUSHGATEWAY="", HOME=str(tmp_path))
+        return subprocess.run(["sh", "-c", sub(template["container"]["command"][2])], env=env, capture_output=True,
+                              text=True, cwd=tmp_path)
+
+    base = {"image": "x", "spec": spec, "trace-name": "t1", "gpus": "1", "overrides": "--set compute.device=cpu"}
+    assert pod(templates["expand"], base).returncode == 0
+    items = json.loads((outputs / "steps").read_text())
+    assert [i["step"] for i in items] == ["1", "2"]
+    for item in items:  # the fan-out: each item's values become the run template's inputs
+        overrides = item["overrides"] + " " + base["overrides"]
+        done = pod(templates["run"], {**base, **item, "overrides": overrides})
+        assert done.returncode == (0 if item["step"] == "1" else 2), done.stderr[-2000:]
+    gather = pod(templates["gather"], base)
+    assert gather.returncode == 1, gather.stderr[-2000:]  # a failed step fails the workflow, after the trace is written
+    trace = json.loads((trace_dir / "trace" / "trace.json").read_text())
+    assert [(s["step"], s["status"]) for s in trace["steps"]] == [(1, "gathered"), (2, "failed")]
+    assert [(outputs / n).read_text() for n in ("steps", "failed", "failed-steps")] == ["2", "1", "2"]
+    assert json.loads((trace_dir / "steps" / "1" / "results.json").read_text())["model"]

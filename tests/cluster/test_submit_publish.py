@@ -358,3 +358,26 @@ def test_wait_gives_up_after_its_timeout(argo, capsys):
     out = capsys.readouterr().out
     assert "gave up waiting after 0 s: workflow influence-diagnostic-x7k2p is still running" in out
     assert "--timeout" in out
+
+
+def test_submit_trace_posts_the_trace_entrypoint_with_the_specification(argo, capsys, tmp_path):
+    """`submit --trace`: the stand-in Argo server (this test's local HTTP endpoint, not a real Argo) receives a
+    Workflow of the installed template's trace entrypoint carrying the specification's text and the trace's name."""
+    spec = tmp_path / "GRPO run 7.yaml"
+    spec.write_text("job: {projection: {factor: 16}}\npattern:\n  model: /data/ckpt/global_step_{step}/actor/hf\n"
+                    "  data: /data/rollouts/{step}.jsonl\n  steps: '100:300:100'\n")
+    assert submit(argo, "--trace", str(spec), "--run-set", "--set curvature.source=response") == 0, capsys.readouterr()
+    (_, wf), = FakeArgo.received
+    assert wf["spec"]["entrypoint"] == "trace" and wf["spec"]["workflowTemplateRef"] == {"name": "influence-diagnostic"}
+    args = {p["name"]: p["value"] for p in wf["spec"]["arguments"]["parameters"]}
+    assert args["spec"] == spec.read_text() and args["trace-name"] == "grpo-run-7"
+    assert args["overrides"] == "--set curvature.source=response"
+    assert submit(argo, "--trace", str(spec), "--trace-name", "Run_7") == 2
+    assert "--trace-name 'Run_7'" in capsys.readouterr().err
+    spec.write_text("pattern: {model: 'ckpt/global_step_{step}', data: '/data/{step}.jsonl'}\n")
+    assert submit(argo, "--trace", str(spec)) == 2
+    assert "pattern.model (ckpt/global_step_{step}) is relative" in capsys.readouterr().err
+    spec.write_text("job: {projection: {factr: 2}}\npattern: {model: '/m/{step}', data: '/d/{step}.jsonl'}\n")
+    assert submit(argo, "--trace", str(spec)) == 2
+    assert "projection.factr: unknown key" in capsys.readouterr().err
+    assert len(FakeArgo.received) == 1  # nothing invalid was submitted

@@ -55,6 +55,7 @@ def observed_run(tmp_path_factory):
                                   "--promote-if-missing", "--pushgateway", pg_url, "--instance", "influence-nightly"],
                                  capture_output=True, text=True, timeout=120)
             assert cmp.returncode == 0, cmp.stdout[-2000:] + cmp.stderr[-2000:]
+        _traced(tmp, pg_url)
         results = json.loads((tmp / "out" / "results.json").read_text())
         yield {"prometheus": prom_url, "pushgateway": pg_url, "exporter": f"http://127.0.0.1:{exporter_port}",
                "results": results, "multiproc": mp}
@@ -63,6 +64,22 @@ def observed_run(tmp_path_factory):
         pushgateway.stop()
         exporter.terminate()
         exporter.wait(timeout=15)
+
+
+def _traced(tmp: Path, pg_url: str) -> None:
+    """A local trace of two steps pushing as it goes, the second step's batch broken: its size and each step's
+    summary (grouped by the trace and the step) reach the Pushgateway, for the dashboard's trace panel."""
+    from conftest import GROUPS, save_tiny_model, write_jsonl
+
+    for n in (1, 2):
+        save_tiny_model(tmp / "ckpt" / str(n), seed=n)
+    (tmp / "batches").mkdir()
+    write_jsonl(tmp / "batches" / "1.jsonl", GROUPS)
+    (tmp / "batches" / "2.jsonl").write_text('{"prompt_id": "a", "prompt": "x", "responses": []}\n')
+    (tmp / "trace.yaml").write_text("pattern: {model: 'ckpt/{step}', data: 'batches/{step}.jsonl', steps: all}\n")
+    trace = subprocess.run(["influence-job", "trace", str(tmp / "trace.yaml"), "--output", str(tmp / "trace"), "-q",
+                            "--set", f"metrics.pushgateway={pg_url}"], capture_output=True, text=True, timeout=300)
+    assert trace.returncode == 1 and "step 2: failed" in trace.stdout, trace.stdout[-2000:] + trace.stderr[-2000:]
 
 
 def value(result: list[dict]) -> float:
@@ -97,8 +114,16 @@ def test_pushgateway_serves_final_metrics_and_prometheus_sees_them(observed_run)
     got = wait_for(observed_run["prometheus"], 'influence_job_run_rows_emitted{instance="influence-nightly"}',
                    lambda r: True)
     assert value(got) == results["validation"]["rows_emitted"]
-    hinv = value(query(observed_run["prometheus"], "influence_job_run_hinv_per_prompt_acc_acc_dot_mean"))
+    hinv = value(query(observed_run["prometheus"],
+                       'influence_job_run_hinv_per_prompt_acc_acc_dot_mean{instance="influence-nightly"}'))
     assert hinv == pytest.approx(results["similarity"]["hinv"]["per_prompt"]["acc-acc"]["dot"]["mean"], rel=1e-12)
+
+
+def test_a_trace_pushes_its_size_and_each_steps_summary(observed_run):
+    text = get(observed_run["pushgateway"] + "/metrics")
+    assert 'influence_job_trace_steps{instance="trace",job="influence_job"} 2' in text
+    assert 'influence_job_run_success{instance="trace",job="influence_job",step="1"} 1' in text
+    assert 'influence_job_run_success{instance="trace",job="influence_job",step="2"} 0' in text
 
 
 def test_the_shipped_dashboard_is_the_builder_output():
@@ -115,7 +140,8 @@ def test_every_dashboard_query_returns_data(observed_run):
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert len(exprs) >= 20
     wait_for(observed_run["prometheus"], "influence_job_run_success", lambda r: True)
-    wait_for(observed_run["prometheus"], "influence_job_compare_cost_ratio", lambda r: True)  # pushed last
+    wait_for(observed_run["prometheus"], "influence_job_compare_cost_ratio", lambda r: True)
+    wait_for(observed_run["prometheus"], "influence_job_trace_steps", lambda r: True)  # pushed last
     empty = [e for e in exprs if not query(observed_run["prometheus"], e)]
     assert empty == [], f"dashboard queries without data: {empty}"
 

@@ -151,9 +151,10 @@ def test_list_and_collect_are_the_cluster_fan_out_and_gather(layout, tmp_path):
     items = json.loads((params / "steps").read_text())
     assert (params / "count").read_text() == "3"
     overrides = items[0]["overrides"]
-    assert {k: v for k, v in items[0].items() if k != "overrides"} == {"step": "100", "model": str(layout / "ckpt/global_step_100/actor/huggingface"),
-                        "dataset": str(layout / "rollouts/100.jsonl"), "out": str(out / "steps" / "100"),
-                        "checkpoint": str(out / "steps" / "100.ckpt")}
+    assert {k: v for k, v in items[0].items() if k != "overrides"} == {
+        "step": "100", "model": str(layout / "ckpt/global_step_100/actor/huggingface"),
+        "dataset": str(layout / "rollouts/100.jsonl"), "out": str(out / "steps" / "100"),
+        "checkpoint": str(out / "steps" / "100.ckpt")}
     assert overrides.endswith("--set model.dtype=float64 --set metrics.instance=trace --set metrics.trace_step=100")
     assert [p.name for p in out.iterdir()] == [".influence-job-trace"]  # checked and marked before any step runs
     for item in items[:2]:  # the third step's pod "failed": no output
