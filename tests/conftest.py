@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 from float64_qwen2 import float64_qwen2
+from pages import launch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from influence_job.inputs.config import JobConfig
@@ -104,3 +105,12 @@ def exact_config(model_dir, data_path, out=None, **sections) -> JobConfig:
         else:
             base[key] = value
     return JobConfig.model_validate(base)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium (tests/pages.py), one per test module."""
+    pw, chromium = launch()
+    yield chromium
+    chromium.close()
+    pw.stop()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pages import blank_stats, open_page
 
 from influence_job.cli.main import main
 from influence_job.outputs.number_format import column_format, format_rows
@@ -21,7 +22,6 @@ from influence_job.outputs.results import Results
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "report-html"
-CHROMIUM = "/usr/bin/chromium"  # Debian's package (tests/install-services.sh installs it)
 SECTIONS = ("verdict", "glance", "heatmaps", "distributions", "where", "tokens", "diagnostics", "performance")
 # The size a mailed report should stay under; README states what the default run and 1,000 responses measure.
 SIZE_BOUND = 3 * 2**20
@@ -71,50 +71,6 @@ def test_embedded_numbers_are_the_output_files_numbers(default_output):
     assert f"mean cosine {column_format([acc_rej])(acc_rej)}" in page
 
 
-def _browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).is_file(), "Debian's chromium is missing: run tests/install-services.sh"
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"])
-    return pw, browser
-
-
-def _blank_stats(png: bytes) -> tuple[float, float]:
-    """(standard deviation of the grey levels, share of pixels that are not near-white)."""
-    import io
-
-    from PIL import Image
-
-    grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
-    return float(grey.std()), float((grey < 235).mean())
-
-
-@pytest.fixture(scope="module")
-def browser():
-    pw, chromium = _browser()
-    yield chromium
-    chromium.close()
-    pw.stop()
-
-
-def open_page(browser, path: Path):
-    """The page with the network blocked: every request that is not the file itself is recorded and refused."""
-    context = browser.new_context(viewport={"width": 1150, "height": 900})
-    requests, errors = [], []
-    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://")
-                  else (requests.append(route.request.url), route.abort()))
-    page = context.new_page()
-    page.on("request", lambda r: requests.append(r.url))
-    page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(path.resolve().as_uri())
-    page.wait_for_load_state("load")
-    return context, page, requests, errors
-
-
 def test_report_renders_offline_in_chromium(default_output, browser):
     """No request leaves the file, no console error, every section draws something; the hover and the cos/dot
     switch work."""
@@ -124,7 +80,7 @@ def test_report_renders_offline_in_chromium(default_output, browser):
     assert {r for r in requests if not r.startswith("data:")} == {(default_output / "report.html").resolve().as_uri()}
     for section in SECTIONS:
         shot = page.locator(f"#{section}").screenshot(path=str(ARTIFACTS / f"{section}.png"))
-        spread, inked = _blank_stats(shot)
+        spread, inked = blank_stats(shot)
         assert spread > 10 and inked > 0.02, (section, spread, inked)
     # Hover the middle of the RAW cosine heatmap: the tooltip names a pair and its values.
     heat = page.locator('img.heatmap[data-method="raw"][data-kind="cos"]')

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import GROUPS, exact_config, save_tiny_model, write_jsonl
+from pages import blank_stats, open_page
 
 from influence_job.base.errors import InputError
 from influence_job.cli.main import main
@@ -78,10 +79,17 @@ def test_a_bad_specification_names_the_field(layout, spec, message):
         load_spec(write_spec(layout, **spec))
 
 
-def test_each_step_is_the_run_it_would_be_alone_and_the_trace_holds_its_numbers(layout, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def traced(layout, tmp_path_factory):
+    """The three-step trace, run once: (its specification, its directory)."""
     spec = write_spec(layout, job=JOB, pattern={**PATTERN, "steps": "100:300:100"})
-    out = tmp_path / "trace"
+    out = tmp_path_factory.mktemp("traced") / "trace"
     assert main(["trace", str(spec), "--output", str(out), "-q"]) == 0
+    return spec, out
+
+
+def test_each_step_is_the_run_it_would_be_alone_and_the_trace_holds_its_numbers(layout, traced, tmp_path, capsys):
+    spec, out = traced
     trace = json.loads((out / "trace" / "trace.json").read_text())
     assert [s["step"] for s in trace["steps"]] == list(STEPS)
     assert {s["status"] for s in trace["steps"]} == {"computed"}
@@ -106,6 +114,27 @@ def test_each_step_is_the_run_it_would_be_alone_and_the_trace_holds_its_numbers(
     again = json.loads((out / "trace" / "trace.json").read_text())
     assert {s["status"] for s in again["steps"]} == {"reused"} and again["series"] == trace["series"]
     assert "reused" in capsys.readouterr().err
+
+
+def test_trace_page_renders_offline_in_chromium_and_links_each_steps_report(traced, browser):
+    """No request leaves the file, no console error, each section draws something, and a step's link opens its
+    report.html."""
+    _, out = traced
+    page_path = out / "trace" / "trace.html"
+    context, page, requests, errors = open_page(browser, page_path)
+    assert errors == []
+    assert {r for r in requests if not r.startswith("data:")} == {page_path.resolve().as_uri()}
+    for section in ("verdict", "trends", "steps"):
+        spread, inked = blank_stats(page.locator(f"#{section}").screenshot())
+        assert spread > 10 and inked > 0.01, (section, spread, inked)
+    assert page.locator("#trends img").count() == 4  # cosines, dots, module-kind shares, cost
+    links = page.locator("#steps a")
+    assert links.count() == len(STEPS)
+    links.nth(1).click()
+    page.wait_for_load_state("load")
+    assert page.url == (out / "steps" / "200" / "report.html").resolve().as_uri()
+    assert "Influence diagnostic report" in page.locator("h1").inner_text()
+    context.close()
 
 
 def test_a_failed_step_is_named_and_the_others_complete(tmp_path, capsys):
