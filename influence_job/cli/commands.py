@@ -51,8 +51,9 @@ def command(args) -> int:
         import json
 
         from influence_job.outputs.results import results_schema
+        from influence_job.trace.table import Trace
 
-        print(json.dumps(results_schema(), indent=2))
+        print(json.dumps(results_schema() if args.what == "results" else Trace.model_json_schema(), indent=2))
         return ExitCode.OK
     if args.command == "plan":
         return _plan(args)

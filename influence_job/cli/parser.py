@@ -191,7 +191,7 @@ def _review_commands(sub) -> None:
                      help="which report to write (repeatable; default both)")
 
     schema = sub.add_parser("schema", help="print the JSON Schema of an output file")
-    schema.add_argument("what", choices=["results"], help="results: results.json")
+    schema.add_argument("what", choices=["results", "trace"], help="results: results.json; trace: trace.json")
 
 
 def _service_commands(sub) -> None:

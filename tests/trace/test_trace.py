@@ -211,3 +211,51 @@ def test_run_reuse_skips_a_finished_output_with_the_same_fingerprint(tiny_model_
     assert main(["run", "-q", "--reuse", *words, "--set", "projection.factor=2"]) == 0
     assert "nothing to do" not in capsys.readouterr().out
     assert (tmp_path / "o" / "results.json").read_bytes() != before
+
+
+def test_trace_json_validates_against_its_published_schema(traced):
+    """`influence-job schema trace` (checked by jsonschema, an independent validator) accepts what a trace writes
+    and rejects a step without its status."""
+    import subprocess
+
+    import jsonschema
+
+    _, out = traced
+    schema = json.loads(subprocess.run(["influence-job", "schema", "trace"], capture_output=True, text=True,
+                                       check=True).stdout)
+    trace = json.loads((out / "trace" / "trace.json").read_text())
+    jsonschema.validate(trace, schema)
+    del trace["steps"][0]["status"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(trace, schema)
+
+
+def test_a_trace_under_torchrun_runs_every_step_on_every_rank(tmp_path):
+    """Two gloo ranks: each step is a two-rank run (the float64 Qwen2 of tests/float64_cli.py, so that sharding
+    changes nothing beyond float64 rounding), a failing step fails on both ranks alike and the next one still runs,
+    and rank 0 alone writes the trace."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tolerances import SOLVE_RTOL, rel_err
+
+    cli = str(Path(__file__).parents[1] / "float64_cli.py")
+    root = verl_layout(tmp_path / "verl", steps=(1, 2, 3))
+    (root / "rollouts" / "2.jsonl").write_text('{"prompt_id": "a", "prompt": "x", "responses": []}\n')
+    spec = write_spec(root, job={**JOB, "projection": {"factor": 4}}, pattern={**PATTERN, "steps": "all"})
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, cli, "trace", str(spec), "--output", str(tmp_path / "one"), "-q"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    two = subprocess.run(["torchrun", "--standalone", "--nproc-per-node", "2", cli, "trace", str(spec), "--output",
+                          str(tmp_path / "two"), "-q"], capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 1 and two.returncode == 1, one.stderr[-2000:] + two.stderr[-3000:]
+    trace = json.loads((tmp_path / "two" / "trace" / "trace.json").read_text())
+    assert [(s["step"], s["status"]) for s in trace["steps"]] == [(1, "computed"), (2, "failed"), (3, "computed")]
+    for n in (1, 3):
+        assert json.loads((tmp_path / "two" / "steps" / str(n) / "results.json").read_text())[
+            "environment"]["world_size"] == 2
+        with np.load(tmp_path / "one" / "steps" / str(n) / "similarity.npz") as a, \
+                np.load(tmp_path / "two" / "steps" / str(n) / "similarity.npz") as b:
+            assert rel_err(b["hinv"], a["hinv"]) < SOLVE_RTOL
