@@ -50,7 +50,7 @@ def read_groups(path: Path, fmt: str, columns: dict, announce: bool = True):
     if announce:
         log.info("data %s: %s layout (%s), %d %s", path, layout,
                  "one prompt group per line" if layout == "grouped" else "one response per row, grouped by prompt",
-                 len(rows), "lines" if layout == "grouped" else "rows")
+                 len(rows), ("line" if layout == "grouped" else "row") + ("" if len(rows) == 1 else "s"))
     if layout == "grouped":
         return [(w, obj, None) for w, obj in zip(wheres, rows, strict=True)]
     return group_flat_rows(rows, wheres, columns, path)

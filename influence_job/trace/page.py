@@ -27,6 +27,12 @@ def _steps(trace: Trace) -> list[int]:
     return [s.step for s in trace.steps]
 
 
+def _legend(ax, ncol: int = 1) -> None:
+    """A legend when the axes hold a line (a trace whose steps all failed has none to name)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, frameon=False, ncol=ncol)
+
+
 def _by_category(trace: Trace, what: str, ylabel: str) -> str:
     """RAW beside HINV: the per-prompt mean of ``what`` (dot or cos) by category over the steps."""
     fig = Figure(figsize=(9, 3.2))
@@ -41,7 +47,7 @@ def _by_category(trace: Trace, what: str, ylabel: str) -> str:
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7, frameon=False)
+        _legend(ax)
         ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return png(fig)
@@ -62,7 +68,7 @@ def _shares(trace: Trace) -> str | None:
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("share, %", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7, frameon=False, ncol=2)
+        _legend(ax, ncol=2)
         ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return png(fig)
@@ -82,7 +88,7 @@ def _costs(trace: Trace) -> str:
     ax.set_xlabel("step", fontsize=8)
     ax.set_ylabel("seconds", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, frameon=False)
+    _legend(ax)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return png(fig)

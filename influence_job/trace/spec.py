@@ -169,7 +169,7 @@ def _check(steps: list[Step], path: Path) -> None:
         raise InputError(f"trace specification {path}: no step found. Check the pattern's paths and steps range.")
     missing = [f"step {s.step}: " + " and ".join(
         what for what, ok in ((f"checkpoint {s.model} (no config.json)", (s.model / "config.json").is_file()),
-                              (f"batch {s.data}", s.data.is_file())) if not ok)
+                              (f"batch {s.data} (no such file)", s.data.is_file())) if not ok)
                for s in steps if not ((s.model / "config.json").is_file() and s.data.is_file())]
     if missing:
         shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")

@@ -63,7 +63,7 @@ def test_a_pattern_expands_to_the_steps_it_names(layout):
 
 def test_missing_checkpoints_and_batches_are_named_before_anything_runs(layout):
     with pytest.raises(InputError, match=r"2 of 5 steps lack a file: step 0: checkpoint .*global_step_0.* and batch "
-                       r".*0\.jsonl; step 400:"):
+                       r".*0\.jsonl \(no such file\); step 400:"):
         load_spec(write_spec(layout, job=JOB, pattern={**PATTERN, "steps": "0:400:100"}))
 
 
@@ -259,3 +259,17 @@ def test_a_trace_under_torchrun_runs_every_step_on_every_rank(tmp_path):
         with np.load(tmp_path / "one" / "steps" / str(n) / "similarity.npz") as a, \
                 np.load(tmp_path / "two" / "steps" / str(n) / "similarity.npz") as b:
             assert rel_err(b["hinv"], a["hinv"]) < SOLVE_RTOL
+
+
+def test_a_trace_whose_steps_all_failed_still_renders_without_warnings(tmp_path):
+    import warnings
+
+    from influence_job.trace.page import render_trace
+    from influence_job.trace.table import TraceStep, build_trace
+
+    failed = TraceStep(step=1, label="1", model="m", data="d", output=str(tmp_path / "1"), status="failed",
+                       reason="bad batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        page = render_trace(build_trace([failed], [None]), tmp_path)
+    assert "failed: 1" in page and "bad batch" in page
