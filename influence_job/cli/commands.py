@@ -119,7 +119,7 @@ def _trace(args) -> int:
             return ExitCode.OK  # a torchrun rank other than 0: rank 0 writes the trace
         out_dir, trace = Path(args.output).resolve(), trace_of_outcomes(outcomes)
     page = write_trace(out_dir, trace)
-    bad = [s for s in trace.steps if s.status == "failed" or s.validation_passed is False]
+    bad = [s for s in trace.steps if not s.passed]
     if args.outputs:
         _trace_parameters(args.outputs, trace, bad)
     print(f"trace: {len(trace.steps)} steps, {len(trace.steps) - len(bad)} with a result that passed validation"

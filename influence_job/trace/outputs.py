@@ -7,7 +7,6 @@ one with that marker, never over anything else.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from influence_job.base.errors import InputError
@@ -17,8 +16,6 @@ from influence_job.outputs.writing import atomic_write_bytes, check_target, mark
 from influence_job.trace.page import render_trace
 from influence_job.trace.steps import StepOutcome
 from influence_job.trace.table import Trace, TraceStep, build_trace, gathered_step, trace_table
-
-log = logging.getLogger("influence_job")
 
 TRACE_MARKER = ".influence-job-trace"
 
@@ -42,16 +39,9 @@ def prepare_trace_dir(out_dir: Path) -> Path:
 
 def trace_of_outcomes(outcomes: list[StepOutcome]) -> Trace:
     """The trace of a specification's steps, as this command ran, reused or collected them."""
-    steps, results = [], []
-    for o in outcomes:
-        r = o.results
-        steps.append(TraceStep(step=o.step.step, label=str(o.step.step), model=str(o.step.model),
-                               data=str(o.step.data), output=str(o.output), status=o.status, reason=o.reason,
-                               validation_passed=None if r is None else r.validation.passed,
-                               fingerprint=None if r is None else r.fingerprint.run,
-                               finished_at=None if r is None else r.finished_at))
-        results.append(r)
-    return build_trace(steps, results)
+    steps = [TraceStep.of(o.step.step, str(o.step.step), o.output, o.status, o.results, o.reason,
+                          str(o.step.model), str(o.step.data)) for o in outcomes]
+    return build_trace(steps, [o.results for o in outcomes])
 
 
 def gather(outputs: list[Path]) -> Trace:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from influence_job.maths.similarity import CATEGORIES
 from influence_job.outputs.figures import HINV_COLOR, RAW_COLOR, png
 from influence_job.outputs.number_format import format_rows
 from influence_job.outputs.report_assets import CSS
 from influence_job.trace.table import Trace
 
-CATEGORIES = ("acc-acc", "rej-rej", "acc-rej")
 CATEGORY_STYLE = {"acc-acc": "-", "rej-rej": "--", "acc-rej": ":"}
 
 
@@ -27,10 +27,20 @@ def _steps(trace: Trace) -> list[int]:
     return [s.step for s in trace.steps]
 
 
-def _legend(ax, ncol: int = 1) -> None:
-    """A legend when the axes hold a line (a trace whose steps all failed has none to name)."""
+def _values(values: list[float | None] | None, n: int, scale: float = 1.0) -> list[float]:
+    """A series as matplotlib draws it: NaN (a gap) where a step has no value."""
+    return [float("nan") if v is None else scale * v for v in (values or [None] * n)]
+
+
+def _style(ax, title: str, ylabel: str, ncol: int = 1) -> None:
+    """Every chart's axes alike; a legend only when there is a line to name (not when every step failed)."""
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, frameon=False, ncol=ncol)
+    ax.spines[["top", "right"]].set_visible(False)
 
 
 def _by_category(trace: Trace, what: str, ylabel: str) -> str:
@@ -41,14 +51,9 @@ def _by_category(trace: Trace, what: str, ylabel: str) -> str:
         for category in CATEGORIES:
             values = trace.series.get(f"similarity.{method}.per_prompt.{category}.{what}.mean")
             if values is not None:
-                ax.plot(_steps(trace), [float("nan") if v is None else v for v in values], CATEGORY_STYLE[category],
-                        color=color, marker="o", markersize=3, label=category)
-        ax.set_title(f"{method.upper()} per-prompt {what} mean", fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.tick_params(labelsize=7)
-        _legend(ax)
-        ax.spines[["top", "right"]].set_visible(False)
+                ax.plot(_steps(trace), _values(values, len(trace.steps)), CATEGORY_STYLE[category], color=color,
+                        marker="o", markersize=3, label=category)
+        _style(ax, f"{method.upper()} per-prompt {what} mean", ylabel)
     fig.tight_layout()
     return png(fig)
 
@@ -62,14 +67,9 @@ def _shares(trace: Trace) -> str | None:
     axes = fig.subplots(1, 2, sharex=True)
     for ax, method in zip(axes, ("raw", "hinv"), strict=True):
         for name in [n for n in names if n.startswith(f"share.{method}.acc-acc.")]:
-            values = [float("nan") if v is None else 100 * v for v in trace.series[name]]
-            ax.plot(_steps(trace), values, marker="o", markersize=3, label=name.rsplit(".", 1)[1])
-        ax.set_title(f"{method.upper()} acc-acc per-prompt dot: share by module kind", fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel("share, %", fontsize=8)
-        ax.tick_params(labelsize=7)
-        _legend(ax, ncol=2)
-        ax.spines[["top", "right"]].set_visible(False)
+            ax.plot(_steps(trace), _values(trace.series[name], len(trace.steps), 100), marker="o", markersize=3,
+                    label=name.rsplit(".", 1)[1])
+        _style(ax, f"{method.upper()} acc-acc per-prompt dot: share by module kind", "share, %", ncol=2)
     fig.tight_layout()
     return png(fig)
 
@@ -78,18 +78,12 @@ def _costs(trace: Trace) -> str:
     fig = Figure(figsize=(9, 2.8))
     ax = fig.add_subplot()
     for name, label in (("performance.wall_seconds", "wall"), ("performance.hessian_solve_seconds", "solves")):
-        values = trace.series.get(name, [None] * len(trace.steps))
-        ax.plot(_steps(trace), [float("nan") if v is None else v for v in values], marker="o", markersize=3,
+        ax.plot(_steps(trace), _values(trace.series.get(name), len(trace.steps)), marker="o", markersize=3,
                 label=label)
-    failed = [s.step for s in trace.steps if s.validation_passed is False or s.status == "failed"]
-    for x in failed:
-        ax.axvline(x, color="#c44e52", linewidth=0.8, alpha=0.6)
-    ax.set_title("cost per step (red lines: a failed step or failed validation)", fontsize=9)
-    ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel("seconds", fontsize=8)
-    ax.tick_params(labelsize=7)
-    _legend(ax)
-    ax.spines[["top", "right"]].set_visible(False)
+    for s in trace.steps:
+        if not s.passed:
+            ax.axvline(s.step, color="#c44e52", linewidth=0.8, alpha=0.6)
+    _style(ax, "cost per step (red lines: a failed step or failed validation)", "seconds")
     fig.tight_layout()
     return png(fig)
 

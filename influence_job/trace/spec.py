@@ -109,12 +109,12 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> LoadedSpec:
     return LoadedSpec(job, words, steps)
 
 
-def cluster_spec(path: Path, overrides: list[str] | None = None) -> str:
+def cluster_spec(path: Path) -> str:
     """The specification's text for a trace on the cluster, checked here as far as it can be without the cluster's
     files (those are checked in the trace's first pod): its fields, the job configuration and its `--set` words,
     and absolute paths (the pod reads the specification from a file of its own, so a relative path has no base)."""
     path = Path(path)
-    spec, _, _ = _read(path, overrides)
+    spec, _, _ = _read(path, None)
     fields = ("model", "data")
     paths = ([(f"pattern.{n}", getattr(spec.pattern, n)) for n in fields] if spec.pattern is not None
              else [(f"steps[{k}].{n}", str(getattr(s, n))) for k, s in enumerate(spec.steps) for n in fields])
@@ -167,10 +167,12 @@ def _found(pattern: str) -> set[int]:
 def _check(steps: list[Step], path: Path) -> None:
     if not steps:
         raise InputError(f"trace specification {path}: no step found. Check the pattern's paths and steps range.")
-    missing = [f"step {s.step}: " + " and ".join(
-        what for what, ok in ((f"checkpoint {s.model} (no config.json)", (s.model / "config.json").is_file()),
-                              (f"batch {s.data} (no such file)", s.data.is_file())) if not ok)
-               for s in steps if not ((s.model / "config.json").is_file() and s.data.is_file())]
+    missing = []
+    for s in steps:
+        lacks = [what for what, ok in ((f"checkpoint {s.model} (no config.json)", (s.model / "config.json").is_file()),
+                                       (f"batch {s.data} (no such file)", s.data.is_file())) if not ok]
+        if lacks:
+            missing.append(f"step {s.step}: " + " and ".join(lacks))
     if missing:
         shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise InputError(f"trace specification {path}: {len(missing)} of {len(steps)} steps lack a file: {shown}. "

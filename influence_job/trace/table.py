@@ -39,6 +39,20 @@ class TraceStep(BaseModel):
     fingerprint: str | None = Field(None, description="The step's result fingerprint (results.json's run hash).")
     finished_at: str | None = Field(None, description="When the step's run finished.")
 
+    @classmethod
+    def of(cls, step: int, label: str, output: Path, status: str, results: Results | None, reason: str | None = None,
+           model: str | None = None, data: str | None = None) -> TraceStep:
+        """A step and what its result (None: it has none) says of it."""
+        return cls(step=step, label=label, model=model, data=data, output=str(output), status=status, reason=reason,
+                   validation_passed=None if results is None else results.validation.passed,
+                   fingerprint=None if results is None else results.fingerprint.run,
+                   finished_at=None if results is None else results.finished_at)
+
+    @property
+    def passed(self) -> bool:
+        """It has a result, and that result passed validation."""
+        return self.validation_passed is True
+
 
 class Trace(BaseModel):
     """trace.json."""
@@ -103,11 +117,8 @@ def gathered_step(position: int, output: Path, results: Results | None, reason: 
     """A step read from an existing run output: its number from the directory name's trailing digits
     (global_step_300 → 300), else its position among the outputs given."""
     digits = re.search(r"(\d+)$", output.name)
-    return TraceStep(step=int(digits.group(1)) if digits else position, label=output.name, model=None, data=None,
-                     output=str(output), status="gathered" if results is not None else "failed", reason=reason,
-                     validation_passed=None if results is None else results.validation.passed,
-                     fingerprint=None if results is None else results.fingerprint.run,
-                     finished_at=None if results is None else results.finished_at)
+    return TraceStep.of(int(digits.group(1)) if digits else position, output.name, output,
+                        "gathered" if results is not None else "failed", results, reason)
 
 
 def _finite(value: float) -> float | None:
