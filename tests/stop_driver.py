@@ -4,7 +4,8 @@
 
 PHASE is a phase name (the signal goes out as that phase starts, i.e. inside it), ``module:K`` (when the
 progress line of the K-th module of [curvature_solve] is logged, i.e. after K modules were saved) or
-``write-files`` (after the second file of the output's write, i.e. between files). COUNT signals are sent
+``write-files`` (after the second file of the output's write, i.e. between files), or ``log:TEXT`` (when a log
+line starting with TEXT is logged, e.g. a trace's next step). COUNT signals are sent
 back to back. The signal is real (os.kill of this process) and is handled by the installed handlers exactly
 as an external one. The model runs as float64_qwen2.py's float64 Qwen2, so that exact comparisons hold.
 """
@@ -43,7 +44,7 @@ if phase == "write-files":
     outputs.atomic_write_bytes = write_then_signal
 else:
     trigger = (f"[curvature_solve] module {phase.split(':')[1]}/" if phase.startswith("module:")
-               else f"[{phase}] ...")
+               else phase.removeprefix("log:") if phase.startswith("log:") else f"[{phase}] ...")
 
     class AtLogLine(logging.Handler):
         def emit(self, record):

@@ -90,6 +90,9 @@ def _stop_line(stop: Stopped, args) -> str:
     """One line: what stopped where, and what state the output is in."""
     where = f" during [{stop.phase}]" if stop.phase else ""
     line = f"stopped by {stop.name}{where}"
+    if args.command == "trace":
+        return (f"{line}; the finished steps under {args.output}/steps are kept and the trace is as it was; repeating "
+                "the command reuses them and goes on" + (f" ({stop.note})." if stop.note else "."))
     if args.command != "run":
         return line
     out = Path(getattr(args, "output", None) or _output_of(args))

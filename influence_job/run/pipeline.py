@@ -50,7 +50,7 @@ from influence_job.run.checkpoint import (
 from influence_job.run.distributed import Comm, init_comm, local_shard
 from influence_job.run.progress import Progress
 from influence_job.run.stages import Totals, exchange_stage, reduce_stage, solve_stage
-from influence_job.run.stops import Stopped, committing
+from influence_job.run.stops import Stopped, committing, new_work
 
 log = logging.getLogger("influence_job")
 
@@ -164,6 +164,7 @@ def run_job(cfg: JobConfig, write: bool = True, metrics: JobMetrics | None = Non
     A run that writes its output keeps a checkpoint (run/checkpoint.py): repeating an interrupted run's command
     skips the modules it had finished.
     """
+    new_work()
     started, phases = time.perf_counter(), _Phases(metrics)
     comm = comm or init_comm(cfg.compute.device, cfg.compute.timeout_seconds)
     out_dir = check_target(cfg.output.dir) if write and comm.is_root else None

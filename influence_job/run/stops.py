@@ -90,6 +90,15 @@ def committing():
     _state.after_commit = _state.held or 0
 
 
+def new_work() -> None:
+    """A new piece of work begins in this process (a run; a trace's next step): from here a stop signal stops it
+    again instead of being reported as late, and one that arrived while the previous result was written stops it
+    now, before it starts."""
+    pending, _state.after_commit = _state.after_commit, None
+    if pending:
+        raise Stopped(pending)
+
+
 def signal_after_commit() -> str | None:
     """The name of a signal that arrived while or after the result was written, if any."""
     return signal.Signals(_state.after_commit).name if _state.after_commit else None

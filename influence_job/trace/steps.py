@@ -19,6 +19,7 @@ from influence_job.monitoring.metrics import push_summary, push_trace_steps, pus
 from influence_job.outputs.results import Results, read_results
 from influence_job.run.distributed import Comm
 from influence_job.run.pipeline import matching_result, run_job
+from influence_job.run.stops import new_work
 from influence_job.trace.spec import LoadedSpec, Step
 
 log = logging.getLogger("influence_job")
@@ -64,6 +65,7 @@ def run_steps(job: JobConfig, steps: list[Step], out_dir: Path, comm: Comm, fres
         push_trace_steps(url, len(steps), job.metrics.job, trace_name(out_dir))
     outcomes = []
     for k, step in enumerate(steps, 1):
+        new_work()  # a stop between steps stops the trace, one during the last write stops it here
         cfg = step_config(job, step, out_dir)
         target = step_output(out_dir, step)
         started = time.perf_counter()

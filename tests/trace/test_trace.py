@@ -273,3 +273,32 @@ def test_a_trace_whose_steps_all_failed_still_renders_without_warnings(tmp_path)
         warnings.simplefilter("error")
         page = render_trace(build_trace([failed], [None]), tmp_path)
     assert "failed: 1" in page and "bad batch" in page
+
+
+@pytest.mark.parametrize("when", ["log:trace step 2/2", "write-files"])
+def test_a_stopped_trace_keeps_its_finished_steps_and_goes_on_when_repeated(tmp_path, when):
+    """SIGTERM as the second step starts, or while the first step's output is written (tests/stop_driver.py; the
+    write finishes, then the trace stops before the next step): exit 143, one line, the first step's output kept,
+    no trace written, no temporary file; the same command then reuses the first step and finishes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    driver = str(Path(__file__).parents[1] / "stop_driver.py")
+    root = verl_layout(tmp_path / "verl", steps=(1, 2))
+    spec = write_spec(root, job=JOB, pattern={**PATTERN, "steps": "all"})
+    out = tmp_path / "out"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    stopped = subprocess.run([sys.executable, driver, when, "SIGTERM", "1", "--", "trace", str(spec),
+                              "--output", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    lines = [line for line in stopped.stderr.splitlines() if line.startswith("influence-job:")]
+    assert lines == [f"influence-job: stopped by SIGTERM; the finished steps under {out}/steps are kept and the "
+                     "trace is as it was; repeating the command reuses them and goes on."]
+    assert sorted(p.name for p in out.iterdir()) == [".influence-job-trace", "steps"]
+    assert sorted(p.name for p in (out / "steps").iterdir()) == ["1"]
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name or ".partial-" in p.name]
+    assert main(["trace", str(spec), "--output", str(out)]) == 0
+    trace = json.loads((out / "trace" / "trace.json").read_text())
+    assert [(s["step"], s["status"]) for s in trace["steps"]] == [(1, "reused"), (2, "computed")]
