@@ -302,3 +302,12 @@ def test_a_stopped_trace_keeps_its_finished_steps_and_goes_on_when_repeated(tmp_
     assert main(["trace", str(spec), "--output", str(out)]) == 0
     trace = json.loads((out / "trace" / "trace.json").read_text())
     assert [(s["step"], s["status"]) for s in trace["steps"]] == [(1, "reused"), (2, "computed")]
+
+
+def test_trace_needs_a_specification_or_outputs_to_gather(tmp_path, capsys):
+    assert main(["trace", "--output", str(tmp_path / "t")]) == 2
+    assert main(["trace", str(tmp_path / "spec.yaml"), "--gather", str(tmp_path), "--output", str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err.count("trace needs either a specification") == 2
+    assert main(["trace", str(tmp_path / "missing.yaml"), "--output", str(tmp_path / "t")]) == 2
+    assert "cannot read trace specification" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
